@@ -1,0 +1,1 @@
+"""An HTTP ingestion gateway for application logs, host metrics and financial events into Kafka."""

@@ -1,0 +1,41 @@
+"""``python -m app``: run the gateway with settings from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from app.config import SettingsError, load_settings
+from app.runtime import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Run the gateway (8080) and the application (8081), infrastructure (8082) and "
+        "transaction (8083) shippers in one process. Settings come from environment variables "
+        "(see the README's configuration table).",
+    )
+    parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        trio.run(run, settings)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

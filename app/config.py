@@ -1,0 +1,165 @@
+"""Every knob of the gateway: one typed settings object, loaded from the environment.
+
+Each field's default is the documented default (README, "Configuration"). Names of the
+environment variables are the upper-cased field names; producer profile fields take the
+profile's prefix (``APPLICATION_``, ``INFRASTRUCTURE_``, ``TRANSACTION_``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SECONDS = 1.0
+MILLISECONDS = 1
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the gateway cannot use."""
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """One producer profile: its topic, librdkafka producer options and buffer bounds."""
+
+    topic: str
+    acks: str = "1"
+    compression: str = "lz4"
+    batch_size: int = 32 * KIB
+    linger_ms: int = 10 * MILLISECONDS
+    retries: int = 3
+    retry_backoff_ms: int = 100 * MILLISECONDS
+    retry_backoff_max_ms: int = 1000 * MILLISECONDS
+    delivery_timeout_ms: int = 30_000 * MILLISECONDS
+    idempotence: bool = False
+    # The bound on events accepted (202) but not yet acknowledged by Kafka, in count and bytes.
+    buffer_events: int = 100_000
+    buffer_bytes: int = 64 * MIB
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+
+def _application_profile() -> ProfileSettings:
+    return ProfileSettings(topic="application-logs")
+
+
+def _infrastructure_profile() -> ProfileSettings:
+    return ProfileSettings(topic="infrastructure-logs")
+
+
+def _transaction_profile() -> ProfileSettings:
+    return ProfileSettings(
+        topic="transaction-logs",
+        acks="all",
+        idempotence=True,
+        retries=2_147_483_647,
+        buffer_events=20_000,
+        buffer_bytes=16 * MIB,
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's configuration. Build it with :func:`load_settings`."""
+
+    host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    application_port: int = 8081
+    infrastructure_port: int = 8082
+    transaction_port: int = 8083
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_client_id: str = "kafka-log-gateway"
+    topic_partitions: int = 3
+    # -1 lets the broker choose (its default.replication.factor).
+    topic_replication_factor: int = -1
+    database_url: str = ""
+
+    application: ProfileSettings = field(default_factory=_application_profile)
+    infrastructure: ProfileSettings = field(default_factory=_infrastructure_profile)
+    transaction: ProfileSettings = field(default_factory=_transaction_profile)
+
+    max_request_bytes: int = 10 * MIB
+    max_decompressed_bytes: int = 32 * MIB
+    max_batch_events: int = 10_000
+    max_event_bytes: int = 1 * MIB
+
+    ready_timeout: float = 2 * SECONDS
+    graceful_timeout: float = 5 * SECONDS
+    flush_timeout: float = 30 * SECONDS
+    retry_after_seconds: int = 1
+    log_level: str = "INFO"
+
+    def profiles(self) -> dict[str, ProfileSettings]:
+        return {
+            "application": self.application,
+            "infrastructure": self.infrastructure,
+            "transaction": self.transaction,
+        }
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def _load_fields(cls: Any, env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.type == "ProfileSettings":
+            continue
+        name = f"{prefix}{f.name}".upper()
+        if name in env:
+            values[f.name] = _convert(name, env[name], f.type)
+    return values
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from environment variables over the documented defaults."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    top = _load_fields(Settings, env, "")
+    for name, profile in defaults.profiles().items():
+        overrides = _load_fields(ProfileSettings, env, f"{name}_")
+        top[name] = dataclasses.replace(profile, **overrides)
+    settings = dataclasses.replace(defaults, **top)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    for name, profile in settings.profiles().items():
+        if profile.acks not in {"0", "1", "all", "-1"}:
+            raise SettingsError(f"{name.upper()}_ACKS must be 0, 1 or all, not {profile.acks!r}")
+        if profile.buffer_events <= 0 or profile.buffer_bytes <= 0:
+            raise SettingsError(f"{name.upper()}_BUFFER_EVENTS and _BUFFER_BYTES must be positive")
+        if profile.compression not in {"none", "gzip", "snappy", "lz4", "zstd"}:
+            raise SettingsError(f"{name.upper()}_COMPRESSION {profile.compression!r} is unknown")
+    if settings.max_event_bytes > settings.max_request_bytes:
+        raise SettingsError("MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES")
+    if settings.topic_partitions < 1:
+        raise SettingsError("TOPIC_PARTITIONS must be at least 1")

@@ -1,0 +1,140 @@
+"""Event schemas and their validation.
+
+Request bodies are decoded and validated in one pass by msgspec (C-backed). A batch is
+all-or-nothing: when any event in it is invalid, the whole request is rejected with the
+errors of every invalid index, and nothing of it reaches Kafka.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Annotated, Any, Final
+
+import msgspec
+
+LEVELS: Final = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"})
+MAX_ERRORS_REPORTED: Final = 50
+
+
+class InvalidJSON(ValueError):
+    """The body is not well-formed JSON (or NDJSON): answered 400."""
+
+
+class InvalidEvents(ValueError):
+    """The body is JSON but breaks the schema: answered 422 with one entry per problem."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["message"] if errors else "invalid events")
+        self.errors = errors
+
+
+class TooManyEvents(ValueError):
+    """The batch holds more events than allowed: answered 413."""
+
+
+class LogIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One application log event as clients send it."""
+
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    level: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+    message: Annotated[str, msgspec.Meta(min_length=1)]
+    timestamp: dt.datetime | None = None
+    attributes: dict[str, Any] | None = None
+    traceId: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+    def __post_init__(self) -> None:
+        level = self.level.upper()
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(sorted(LEVELS))}")
+        self.level = level
+
+
+class LogBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    logs: list[msgspec.Raw]
+
+
+class LogRecord(msgspec.Struct, omit_defaults=True):
+    """The value written to Kafka for one application log event."""
+
+    eventId: str
+    receivedAt: str
+    source: str
+    level: str
+    message: str
+    timestamp: str
+    attributes: dict[str, Any] | None = None
+    traceId: str | None = None
+
+
+_log_decoder: Final = msgspec.json.Decoder(LogIn)
+_batch_decoder: Final = msgspec.json.Decoder(LogBatchIn)
+_any_decoder: Final = msgspec.json.Decoder()
+
+
+def _schema_error(index: int | None, error: msgspec.ValidationError) -> dict[str, Any]:
+    entry: dict[str, Any] = {"message": str(error)}
+    if index is not None:
+        entry["index"] = index
+    return entry
+
+
+def _classify(body: bytes | msgspec.Raw, error: msgspec.DecodeError) -> None:
+    """Tell malformed JSON (400) from schema violations (422)."""
+    if isinstance(error, msgspec.ValidationError):
+        return
+    try:
+        _any_decoder.decode(body)
+    except msgspec.DecodeError:
+        raise InvalidJSON(str(error)) from None
+
+
+def decode_log(body: bytes) -> LogIn:
+    """Decode one log event from a JSON body."""
+    try:
+        return _log_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        _classify(body, error)
+        raise InvalidEvents([{"message": str(error)}]) from None
+
+
+def _decode_items(items: Sequence[bytes | msgspec.Raw], max_events: int) -> list[LogIn]:
+    if len(items) > max_events:
+        raise TooManyEvents(f"a batch holds at most {max_events} events, this one has {len(items)}")
+    if not items:
+        raise InvalidEvents([{"message": "a batch needs at least one event"}])
+    events: list[LogIn] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(_log_decoder.decode(item))
+        except msgspec.ValidationError as error:
+            if len(errors) < MAX_ERRORS_REPORTED:
+                errors.append(_schema_error(index, error))
+        except msgspec.DecodeError as error:
+            raise InvalidJSON(f"event {index}: {error}") from None
+    if errors:
+        raise InvalidEvents(errors)
+    return events
+
+
+def decode_log_batch(body: bytes, max_events: int) -> list[LogIn]:
+    """Decode ``{"logs": [...]}``; every invalid index is reported, none is accepted."""
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        _classify(body, error)
+        raise InvalidEvents([{"message": str(error)}]) from None
+    return _decode_items(batch.logs, max_events)
+
+
+def decode_log_ndjson(body: bytes, max_events: int) -> list[LogIn]:
+    """Decode one log event per non-empty line."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    return _decode_items(lines, max_events)
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,89 @@
+"""The Quart app every listener starts from: health, readiness, metrics, JSON errors.
+
+Each listener (gateway, application, infrastructure, transaction) is one of these apps with
+its own routes added; all share the process's metrics registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from app.http.errors import HTTPError, error_response, json_response
+from app.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], Awaitable[str | None]]
+
+
+def create_listener_app(
+    name: str,
+    metrics: Metrics,
+    ready_checks: Sequence[ReadyCheck],
+    *,
+    max_request_bytes: int,
+) -> QuartTrio:
+    """An app serving ``/health``, ``/ready`` and ``/metrics``, with JSON error answers."""
+    app = QuartTrio(f"gateway.{name}")
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+    app.config["BODY_TIMEOUT"] = 30
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.before_request
+    async def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def record_request(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.http_requests.labels(name, route, str(response.status_code)).inc()
+        started = getattr(g, "started", None)
+        if started is not None:
+            metrics.http_duration.labels(name, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.errorhandler(HTTPError)
+    async def handle_gateway_error(error: HTTPError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def handle_http_exception(error: HTTPException) -> Response:
+        status = error.code or 500
+        # A body refused part-way leaves the connection unusable for another request.
+        headers = {"Connection": "close"} if status == 413 else None
+        return error_response(HTTPError(status, (error.name or "error").lower(), error.description, headers=headers))
+
+    @app.errorhandler(Exception)
+    async def handle_unexpected(error: Exception) -> Response:
+        log.exception("unhandled error on %s", name)
+        return error_response(HTTPError(500, "internal error", type(error).__name__))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response({"status": "alive", "listener": name}, 200)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        reasons: list[str] = []
+        for check in ready_checks:
+            reason = await check()
+            if reason is not None:
+                reasons.append(reason)
+        if reasons:
+            return json_response({"status": "unavailable", "listener": name, "reasons": reasons}, 503)
+        return json_response({"status": "ready", "listener": name}, 200)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body = await trio.to_thread.run_sync(generate_latest, metrics.registry)
+        return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,178 @@
+"""The one adapter around ``confluent_kafka.Producer``.
+
+librdkafka calls back from whichever thread runs ``poll``/``flush``. The callbacks here
+only append to a deque; :meth:`KafkaProducer.poll` (run in a worker thread) turns what was
+appended into a plain :class:`Deliveries` value that the trio side applies. No trio object
+is ever touched from a librdkafka thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import confluent_kafka
+
+from app.config import ProfileSettings
+from app.kafka.errors import KafkaConfigError, KafkaUnavailable
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class Record:
+    """One Kafka record as the gateway hands it to the producer."""
+
+    key: bytes
+    value: bytes
+    headers: Headers
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.value)
+
+
+@dataclass(slots=True)
+class Failure:
+    """A record that Kafka did not take, with the reason."""
+
+    topic: str
+    record: Record
+    error: str
+    reason: str
+    fatal: bool = False
+
+
+@dataclass(slots=True)
+class Deliveries:
+    """What librdkafka reported since the previous poll, as plain data."""
+
+    delivered: collections.Counter[str] = field(default_factory=collections.Counter)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    delivered_bytes: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    client_errors: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    @property
+    def settled(self) -> int:
+        """Records whose fate is known (delivered or failed)."""
+        return sum(self.delivered.values()) + len(self.failures)
+
+    @property
+    def settled_bytes(self) -> int:
+        return self.delivered_bytes + sum(f.record.size for f in self.failures)
+
+
+def producer_config(
+    profile: ProfileSettings, *, bootstrap_servers: str, client_id: str, max_message_bytes: int
+) -> dict[str, Any]:
+    """The librdkafka configuration of a profile."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "client.id": client_id,
+        "acks": profile.acks,
+        "compression.type": profile.compression,
+        "batch.size": profile.batch_size,
+        "linger.ms": profile.linger_ms,
+        "retries": profile.retries,
+        "retry.backoff.ms": profile.retry_backoff_ms,
+        "retry.backoff.max.ms": max(profile.retry_backoff_ms, profile.retry_backoff_max_ms),
+        "delivery.timeout.ms": profile.delivery_timeout_ms,
+        "enable.idempotence": profile.idempotence,
+        # librdkafka's own queue is sized above the profile's bound: the profile refuses first.
+        "queue.buffering.max.messages": profile.buffer_events + 1000,
+        "queue.buffering.max.kbytes": profile.buffer_bytes // 1024 + 1024,
+        "message.max.bytes": max_message_bytes,
+    }
+    return config
+
+
+class KafkaProducer:
+    """A long-lived producer. Blocking methods are marked; call them off the trio thread."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._reports: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._client_errors: collections.deque[Any] = collections.deque()
+        conf = dict(config)
+        conf["on_delivery"] = self._on_delivery
+        conf["error_cb"] = self._client_errors.append
+        # librdkafka's log lines are queued and served by poll(), in the poll thread.
+        conf["logger"] = logging.getLogger("librdkafka")
+        conf.setdefault("log.connection.close", False)
+        try:
+            self._producer = confluent_kafka.Producer(conf)
+        except confluent_kafka.KafkaException as error:
+            raise KafkaConfigError(str(error.args[0])) from None
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        self._reports.append((err, msg))
+
+    def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
+        """Hand ``records[start:]`` to librdkafka without blocking.
+
+        Returns the index reached (less than ``len(records)`` when librdkafka's queue is
+        full: back off, poll, and call again from there) and the records it refused outright.
+        """
+        produce = self._producer.produce
+        failures: list[Failure] = []
+        index = start
+        for index in range(start, len(records)):
+            record = records[index]
+            try:
+                produce(topic, record.value, record.key, headers=record.headers)  # type: ignore[arg-type]
+            except BufferError:
+                return index, failures
+            except confluent_kafka.KafkaException as error:
+                kafka_error = error.args[0]
+                failures.append(Failure(topic, record, kafka_error.name(), kafka_error.str(), kafka_error.fatal()))
+        return len(records), failures
+
+    def poll(self, timeout: float) -> Deliveries:
+        """Serve delivery reports and client errors for up to ``timeout`` seconds. Blocking."""
+        self._producer.poll(timeout)
+        return self._collect()
+
+    def flush(self, timeout: float) -> tuple[Deliveries, int]:
+        """Wait until every queued record is settled or the timeout passes. Blocking.
+
+        Returns the reports and the number of records still not settled.
+        """
+        remaining = self._producer.flush(timeout)
+        return self._collect(), int(remaining)
+
+    def queued(self) -> int:
+        return len(self._producer)
+
+    def topics(self, timeout: float) -> set[str]:
+        """The topics in the cluster's metadata. Blocking; raises KafkaUnavailable."""
+        try:
+            metadata = self._producer.list_topics(timeout=timeout)
+        except confluent_kafka.KafkaException as error:
+            raise KafkaUnavailable(str(error.args[0].str())) from None
+        return set(metadata.topics)
+
+    def _collect(self) -> Deliveries:
+        out = Deliveries()
+        reports = self._reports
+        while reports:
+            err, msg = reports.popleft()
+            topic = msg.topic()
+            if err is None:
+                out.delivered[topic] += 1
+                value = msg.value()
+                key = msg.key()
+                out.delivered_bytes += (len(value) if value else 0) + (len(key) if key else 0)
+                latency = msg.latency()
+                if latency is not None:
+                    out.latencies.setdefault(topic, []).append(latency)
+            else:
+                record = Record(msg.key() or b"", msg.value() or b"", list(msg.headers() or []))
+                out.failures.append(Failure(topic, record, err.name(), err.str(), err.fatal()))
+        errors = self._client_errors
+        while errors:
+            error = errors.popleft()
+            out.client_errors.append((error.name(), error.str(), error.fatal()))
+        return out

@@ -1,0 +1,72 @@
+"""The gateway's Prometheus metrics, on a registry of its own (one per running gateway).
+
+Names follow the reference design so its queries work unchanged:
+``kafka_producer_success_total``, ``kafka_producer_error_total``,
+``kafka_producer_send_duration_seconds`` and ``producer_throttled_total``.
+Labels are bounded: service is one of the profiles, topic one of their topics, route one
+of the registered routes, error one of librdkafka's error names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.producer_success = Counter(
+            "kafka_producer_success", "Events acknowledged by Kafka.", ["service", "topic"], registry=r
+        )
+        self.producer_error = Counter(
+            "kafka_producer_error", "Events Kafka did not take, by librdkafka error name.",
+            ["service", "topic", "error"], registry=r,
+        )
+        self.send_duration = Histogram(
+            "kafka_producer_send_duration_seconds", "From hand-over to the producer to Kafka's acknowledgement.",
+            ["service", "topic"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.throttled = Counter(
+            "producer_throttled", "Events refused with 429 by the rate limiter.", ["service"], registry=r
+        )
+        self.rejected = Counter(
+            "producer_rejected", "Events refused with 503 because the profile's buffer was full or closed.",
+            ["service", "reason"], registry=r,
+        )
+        self.dead_letters = Counter(
+            "kafka_producer_dead_letter", "Events written to a dead-letter topic.", ["service", "topic"], registry=r
+        )
+        self.lost = Counter(
+            "kafka_producer_lost", "Accepted events that reached neither their topic nor its dead-letter topic.",
+            ["service"], registry=r,
+        )
+        self.client_errors = Counter(
+            "kafka_client_error", "Errors librdkafka reported about the cluster connection.",
+            ["service", "error"], registry=r,
+        )
+        self.buffer_events = Gauge(
+            "producer_buffer_events", "Events accepted and not yet settled by Kafka.", ["service"], registry=r
+        )
+        self.buffer_bytes = Gauge(
+            "producer_buffer_bytes", "Bytes accepted and not yet settled by Kafka.", ["service"], registry=r
+        )
+        self.buffer_fill = Gauge(
+            "producer_buffer_fill_ratio", "Fill of the profile's buffer, the larger of events and bytes.",
+            ["service"], registry=r,
+        )
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests by listener, route and status.", ["listener", "route", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds", "HTTP request handling time.", ["listener", "route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.events_per_request = Histogram(
+            "events_per_request", "Events in one accepted request.", ["service"], buckets=BATCH_BUCKETS, registry=r
+        )

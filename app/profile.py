@@ -1,0 +1,253 @@
+"""One producer profile: a bounded buffer, its producer task, and the poll loop.
+
+HTTP handlers call :meth:`ProducerProfile.submit`, which never waits: it accepts a
+request's records into the bounded channel or refuses them at once. The bound counts every
+event accepted and not yet settled by Kafka (in the channel, in librdkafka's queue, or in
+flight), in events and in bytes, so it is the one place where backpressure is decided.
+
+The producer task hands records to librdkafka on the trio thread (``produce`` does not
+block); a poll loop serves delivery reports in a worker thread and applies them here.
+Records Kafka refuses for good go to the profile's dead-letter topic with headers naming
+the error and the original topic.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from app.config import ProfileSettings
+from app.kafka.errors import KafkaUnavailable
+from app.kafka.producer import Deliveries, Failure, KafkaProducer, Record
+from app.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.05
+READY_CACHE_SECONDS = 1.0
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    FULL = "full"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class Submission:
+    records: list[Record]
+    size: int
+
+
+class ProducerProfile:
+    """A named producer profile (application, infrastructure, transaction)."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ProfileSettings,
+        producer: KafkaProducer,
+        metrics: Metrics,
+        *,
+        flush_timeout: float,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.topic = settings.topic
+        self.dead_letter_topic = settings.dead_letter_topic
+        self._producer = producer
+        self._metrics = metrics
+        self._flush_timeout = flush_timeout
+        self._send, self._receive = trio.open_memory_channel[Submission](settings.buffer_events)
+        self._closed = False
+        self._drain_scope = trio.CancelScope()
+        self._room = trio.Event()
+        self._pending_dead_letters: list[Record] = []
+        self._poll_limiter = trio.CapacityLimiter(1)
+        self._probe_limiter = trio.CapacityLimiter(1)
+        self._probe_at = -math.inf
+        self._probe_result: str | None = "not probed yet"
+        self.buffered_events = 0
+        self.buffered_bytes = 0
+        self.last_client_error: str | None = None
+        metrics.buffer_events.labels(name).set_function(lambda: self.buffered_events)
+        metrics.buffer_bytes.labels(name).set_function(lambda: self.buffered_bytes)
+        metrics.buffer_fill.labels(name).set_function(self.fill)
+
+    # -- admission (trio thread, never waits) ---------------------------------------
+
+    def fill(self) -> float:
+        return max(
+            self.buffered_events / self.settings.buffer_events,
+            self.buffered_bytes / self.settings.buffer_bytes,
+        )
+
+    def submit(self, records: list[Record], size: int) -> Outcome:
+        """Accept all of ``records`` into the buffer, or none of them."""
+        count = len(records)
+        if self._closed:
+            self._metrics.rejected.labels(self.name, "closed").inc(count)
+            return Outcome.CLOSED
+        if (
+            self.buffered_events + count > self.settings.buffer_events
+            or self.buffered_bytes + size > self.settings.buffer_bytes
+        ):
+            self._metrics.rejected.labels(self.name, "full").inc(count)
+            return Outcome.FULL
+        # Cannot block: the channel holds at most buffer_events submissions of >= 1 event each.
+        self._send.send_nowait(Submission(records, size))
+        self.buffered_events += count
+        self.buffered_bytes += size
+        self._metrics.events_per_request.labels(self.name).observe(count)
+        return Outcome.ACCEPTED
+
+    def close(self) -> None:
+        """Stop accepting; :meth:`run` drains what was accepted within the flush timeout."""
+        if not self._closed:
+            self._closed = True
+            self._drain_scope.deadline = trio.current_time() + self._flush_timeout
+            self._send.close()
+
+    # -- the producer task -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Produce until closed, then drain and flush within the flush timeout."""
+        async with trio.open_nursery() as pollers:
+            await pollers.start(self._poll_loop)
+            task_status.started()
+            with self._drain_scope:
+                async with self._receive:
+                    async for submission in self._receive:
+                        await self._produce(self.topic, submission.records)
+            if self._drain_scope.cancelled_caught:
+                self._count_unsent_as_lost()
+            pollers.cancel_scope.cancel()
+        await self._flush()
+
+    async def _produce(self, topic: str, records: Sequence[Record]) -> None:
+        index = 0
+        while True:
+            index, failures = self._producer.produce(topic, records, index)
+            if failures:
+                self._settle_failures(failures)
+            if index >= len(records):
+                return
+            # librdkafka's queue is full: wait for deliveries to make room.
+            room = self._room = trio.Event()
+            with trio.move_on_after(POLL_INTERVAL):
+                await room.wait()
+
+    async def _poll_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            deliveries = await trio.to_thread.run_sync(
+                self._producer.poll, POLL_INTERVAL, limiter=self._poll_limiter
+            )
+            self._apply(deliveries)
+            self._retry_dead_letters()
+
+    async def _flush(self) -> None:
+        remaining_time = min(self._flush_timeout, max(1.0, self._drain_scope.deadline - trio.current_time()))
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(remaining_time + 1.0):
+                for _ in range(3):
+                    self._retry_dead_letters()
+                    deliveries, remaining = await trio.to_thread.run_sync(
+                        self._producer.flush, remaining_time, limiter=self._poll_limiter
+                    )
+                    self._apply(deliveries)
+                    if not self._pending_dead_letters:
+                        break
+        if self.buffered_events:
+            log.error("%s: %d accepted events not settled by Kafka at shutdown", self.name, self.buffered_events)
+            self._metrics.lost.labels(self.name).inc(self.buffered_events)
+
+    # -- delivery reports (trio thread) ----------------------------------------------
+
+    def _apply(self, deliveries: Deliveries) -> None:
+        for topic, count in deliveries.delivered.items():
+            self._metrics.producer_success.labels(self.name, topic).inc(count)
+            if topic == self.dead_letter_topic:
+                self._metrics.dead_letters.labels(self.name, self.topic).inc(count)
+        for topic, latencies in deliveries.latencies.items():
+            histogram = self._metrics.send_duration.labels(self.name, topic)
+            for latency in latencies:
+                histogram.observe(latency)
+        self.buffered_events -= sum(deliveries.delivered.values())
+        self.buffered_bytes -= deliveries.delivered_bytes
+        if deliveries.failures:
+            self._settle_failures(deliveries.failures)
+        for name, reason, fatal in deliveries.client_errors:
+            self._metrics.client_errors.labels(self.name, name).inc()
+            self.last_client_error = f"{name}: {reason}"
+            log.log(logging.ERROR if fatal else logging.WARNING, "%s producer: %s: %s", self.name, name, reason)
+        if deliveries.settled:
+            self._room.set()
+
+    def _settle_failures(self, failures: list[Failure]) -> None:
+        for failure in failures:
+            self._metrics.producer_error.labels(self.name, failure.topic, failure.error).inc()
+            if failure.topic == self.dead_letter_topic:
+                log.error("%s: dead letter lost: %s", self.name, failure.reason)
+                self._metrics.lost.labels(self.name).inc()
+                self.buffered_events -= 1
+                self.buffered_bytes -= failure.record.size
+                continue
+            # Stays counted in the buffer until its dead letter settles.
+            headers = [h for h in failure.record.headers if not h[0].startswith("dlq-")]
+            headers += [
+                ("dlq-error", failure.error.encode()),
+                ("dlq-reason", failure.reason.encode()),
+                ("dlq-original-topic", failure.topic.encode()),
+            ]
+            self._pending_dead_letters.append(Record(failure.record.key, failure.record.value, headers))
+
+    def _retry_dead_letters(self) -> None:
+        if not self._pending_dead_letters:
+            return
+        pending = self._pending_dead_letters
+        index, failures = self._producer.produce(self.dead_letter_topic, pending)
+        self._pending_dead_letters = pending[index:]
+        if failures:
+            self._settle_failures(failures)
+
+    def _count_unsent_as_lost(self) -> None:
+        lost = 0
+        while True:
+            try:
+                submission = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            lost += len(submission.records)
+            self.buffered_events -= len(submission.records)
+            self.buffered_bytes -= submission.size
+        if lost:
+            log.error("%s: flush deadline passed with %d events never handed to Kafka", self.name, lost)
+            self._metrics.lost.labels(self.name).inc(lost)
+
+    # -- readiness ---------------------------------------------------------------------
+
+    async def probe(self, timeout: float) -> str | None:
+        """None when Kafka's metadata is reachable and has the topic; otherwise the reason."""
+        if trio.current_time() - self._probe_at < READY_CACHE_SECONDS:
+            return self._probe_result
+        async with self._probe_limiter:
+            if trio.current_time() - self._probe_at < READY_CACHE_SECONDS:
+                return self._probe_result
+            try:
+                with trio.fail_after(timeout + 1.0):
+                    topics = await trio.to_thread.run_sync(self._producer.topics, timeout)
+            except KafkaUnavailable as error:
+                result: str | None = f"kafka unreachable: {error}"
+            except trio.TooSlowError:
+                result = f"kafka metadata not answered within {timeout:.1f}s"
+            else:
+                result = None if self.topic in topics else f"topic {self.topic} does not exist yet"
+            self._probe_at = trio.current_time()
+            self._probe_result = result
+            return result

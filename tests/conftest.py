@@ -1,0 +1,114 @@
+"""Fixtures shared by the tests.
+
+Integration tests talk to a real Kafka broker and a real PostgreSQL. Unless
+``KAFKA_BOOTSTRAP_SERVERS`` (and ``DATABASE_URL``) point at running ones, the session starts
+them through ``scripts/infra.py up``, the same command as ``make infra-up``. Every gateway a
+test starts gets topics of its own, so tests can run side by side on one broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from app.config import Settings, load_settings
+from app.runtime import Runtime, run
+from tests.kafka_reader import KafkaReader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap_servers: str
+    database_url: str
+
+
+@pytest.fixture(scope="session")
+def infra() -> Infra:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    database = os.environ.get("DATABASE_URL")
+    if bootstrap and database:
+        return Infra(bootstrap, database)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=600,
+    )
+    served = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return Infra(bootstrap or served["KAFKA_BOOTSTRAP_SERVERS"], database or served["DATABASE_URL"])
+
+
+def unique_topics_env(prefix: str = "t") -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:10]
+    return {
+        "APPLICATION_TOPIC": f"{prefix}-application-logs-{suffix}",
+        "INFRASTRUCTURE_TOPIC": f"{prefix}-infrastructure-logs-{suffix}",
+        "TRANSACTION_TOPIC": f"{prefix}-transaction-logs-{suffix}",
+    }
+
+
+@pytest.fixture
+def gateway_env(infra: Infra) -> dict[str, str]:
+    """Environment for a gateway on free ports with topics of its own."""
+    return {
+        "HOST": "127.0.0.1",
+        "GATEWAY_PORT": "0",
+        "APPLICATION_PORT": "0",
+        "INFRASTRUCTURE_PORT": "0",
+        "TRANSACTION_PORT": "0",
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
+        "DATABASE_URL": infra.database_url,
+        "TOPIC_PARTITIONS": "3",
+        "FLUSH_TIMEOUT": "15",
+        "GRACEFUL_TIMEOUT": "2",
+        **unique_topics_env(),
+    }
+
+
+@pytest.fixture
+def settings(gateway_env: dict[str, str]) -> Settings:
+    return load_settings(gateway_env)
+
+
+async def wait_ready(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    response = await client.get(f"{url}/ready")
+                    if response.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.1)
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Runtime]:
+    """A running gateway (all four listeners, in this process), ready, shut down gracefully after."""
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        for listener in runtime.addresses:
+            await wait_ready(runtime.url(listener))
+        yield runtime
+        runtime.shutdown()
+
+
+@pytest.fixture
+def kafka(infra: Infra) -> Iterator[KafkaReader]:
+    reader = KafkaReader(infra.kafka_bootstrap_servers)
+    yield reader

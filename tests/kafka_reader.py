@@ -1,0 +1,98 @@
+"""Reads records back from the real Kafka, to prove what the gateway wrote."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable
+
+import confluent_kafka
+import trio
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumedRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+class KafkaReader:
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+
+    def read_sync(
+        self,
+        topic: str,
+        *,
+        until: Callable[[list[ConsumedRecord]], bool],
+        timeout: float = 30.0,
+        settle: float = 0.0,
+    ) -> list[ConsumedRecord]:
+        """Consume ``topic`` from the beginning (read_committed) until ``until`` holds.
+
+        With ``settle`` > 0, keep reading that long after ``until`` first holds, so records
+        that should not be there (duplicates, rejected requests) would show up.
+        """
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "group.id": f"test-reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "topic.metadata.refresh.interval.ms": 1000,
+            }
+        )
+        records: list[ConsumedRecord] = []
+        try:
+            consumer.subscribe([topic])
+            deadline = time.monotonic() + timeout
+            settled_at: float | None = None
+            while time.monotonic() < deadline:
+                if settled_at is None and until(records):
+                    settled_at = time.monotonic() + settle
+                if settled_at is not None and time.monotonic() >= settled_at:
+                    break
+                for msg in consumer.consume(num_messages=10_000, timeout=0.2):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() in (
+                            confluent_kafka.KafkaError._PARTITION_EOF,
+                            confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+                        ):
+                            continue
+                        raise RuntimeError(f"consuming {topic}: {error}")
+                    records.append(
+                        ConsumedRecord(
+                            topic=msg.topic(),
+                            partition=msg.partition(),
+                            offset=msg.offset(),
+                            key=msg.key(),
+                            value=msg.value(),
+                            headers={k: v for k, v in (msg.headers() or [])},
+                        )
+                    )
+        finally:
+            consumer.close()
+        return records
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        count: int | None = None,
+        until: Callable[[list[ConsumedRecord]], bool] | None = None,
+        timeout: float = 30.0,
+        settle: float = 0.0,
+    ) -> list[ConsumedRecord]:
+        if until is None:
+            expected = count or 0
+            until = lambda records: len(records) >= expected  # noqa: E731
+        return await trio.to_thread.run_sync(
+            lambda: self.read_sync(topic, until=until, timeout=timeout, settle=settle)
+        )

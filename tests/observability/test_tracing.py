@@ -1,0 +1,25 @@
+from app.observability.tracing import continue_trace
+
+
+def test_a_valid_traceparent_keeps_trace_id_and_flags_with_a_new_span() -> None:
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ctx = continue_trace(incoming, "vendor=x")
+    assert ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert ctx.flags == "01"
+    assert ctx.span_id != "00f067aa0ba902b7" and len(ctx.span_id) == 16
+    assert ctx.traceparent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert dict(ctx.kafka_headers()) == {"traceparent": ctx.traceparent.encode(), "tracestate": b"vendor=x"}
+
+
+def test_invalid_or_missing_traceparent_starts_a_new_trace() -> None:
+    for bad in [
+        None,
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ]:
+        ctx = continue_trace(bad, "vendor=x")
+        assert len(ctx.trace_id) == 32 and ctx.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert ctx.tracestate is None

@@ -1,0 +1,140 @@
+"""The process as a whole: readiness without Kafka, backpressure, and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from app.config import load_settings
+from app.runtime import Runtime, run
+from tests.conftest import ROOT, unique_topics_env, wait_ready
+from tests.kafka_reader import KafkaReader
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def no_kafka_env(**extra: str) -> dict[str, str]:
+    return {
+        "HOST": "127.0.0.1",
+        "GATEWAY_PORT": "0",
+        "APPLICATION_PORT": "0",
+        "INFRASTRUCTURE_PORT": "0",
+        "TRANSACTION_PORT": "0",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}",
+        "READY_TIMEOUT": "0.5",
+        "FLUSH_TIMEOUT": "1",
+        "GRACEFUL_TIMEOUT": "1",
+        **unique_topics_env(),
+        **extra,
+    }
+
+
+async def test_without_kafka_the_process_is_alive_but_not_ready() -> None:
+    settings = load_settings(no_kafka_env())
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        async with httpx.AsyncClient() as client:
+            for listener in runtime.addresses:
+                url = runtime.url(listener)
+                assert (await client.get(f"{url}/health")).status_code == 200
+                with trio.fail_after(5):
+                    ready = await client.get(f"{url}/ready")
+                assert ready.status_code == 503
+                assert ready.json()["reasons"], ready.text
+        runtime.shutdown()
+
+
+async def test_a_full_buffer_answers_503_with_retry_after_at_once() -> None:
+    settings = load_settings(no_kafka_env(APPLICATION_BUFFER_EVENTS="5"))
+    event = {"source": "a", "level": "INFO", "message": "m"}
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        async with httpx.AsyncClient(base_url=runtime.url("application")) as client:
+            for _ in range(5):
+                assert (await client.post("/api/v1/logs", json=event)).status_code == 202
+            started = trio.current_time()
+            refused = await client.post("/api/v1/logs", json=event)
+            elapsed = trio.current_time() - started
+            batch = await client.post("/api/v1/logs/batch", json={"logs": [event]})
+        assert refused.status_code == 503 and batch.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"] == "buffer full"
+        assert elapsed < 1.0
+        runtime.shutdown()
+    metrics = runtime.metrics.registry
+    assert metrics.get_sample_value("producer_rejected_total", {"service": "application", "reason": "full"}) == 2
+    # Never delivered (no broker) and the flush deadline passed: counted, not hidden.
+    assert metrics.get_sample_value("kafka_producer_lost_total", {"service": "application"}) == 5
+
+
+async def test_sigterm_during_a_stream_loses_no_accepted_event(gateway_env: dict[str, str], kafka: KafkaReader) -> None:
+    ports = {name: str(closed_port()) for name in ("GATEWAY_PORT", "APPLICATION_PORT", "INFRASTRUCTURE_PORT", "TRANSACTION_PORT")}
+    env = {**os.environ, **gateway_env, **ports, "GRACEFUL_TIMEOUT": "3"}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "app"], env=env, cwd=str(ROOT), stderr=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{ports['APPLICATION_PORT']}"
+        await wait_ready(url)
+        accepted: list[str] = []
+        refused = 0
+        stop_sending = trio.Event()
+
+        async def stream(client: httpx.AsyncClient, worker: int) -> None:
+            nonlocal refused
+            i = 0
+            while not stop_sending.is_set():
+                i += 1
+                try:
+                    response = await client.post(
+                        "/api/v1/logs/batch",
+                        json={"logs": [{"source": f"w{worker}", "level": "INFO", "message": f"{i}-{j}"} for j in range(5)]},
+                    )
+                except httpx.TransportError:
+                    return
+                if response.status_code == 202:
+                    accepted.extend(response.json()["eventIds"])
+                else:
+                    refused += 1
+
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            async with trio.open_nursery() as nursery:
+                for worker in range(4):
+                    nursery.start_soon(stream, client, worker)
+                with trio.fail_after(30):
+                    while len(accepted) < 500:
+                        await trio.sleep(0.01)
+                process.send_signal(signal.SIGTERM)
+                with trio.fail_after(30):
+                    code = await process.wait()
+                stop_sending.set()
+        assert code == 0
+        assert len(accepted) >= 500
+        expected = set(accepted)
+        records = await kafka.read(
+            gateway_env["APPLICATION_TOPIC"],
+            until=lambda rs: expected <= {r.headers["event-id"].decode() for r in rs},
+            timeout=60,
+            settle=1.0,
+        )
+        written = [r.headers["event-id"].decode() for r in records]
+        assert expected - set(written) == set(), "an event answered 202 is missing from Kafka"
+        assert len(written) == len(set(written)), "an event was written twice"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
