@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import confluent_kafka
 import trio
@@ -27,13 +28,12 @@ def ensure_topics(
     Raises KafkaUnavailable when the cluster cannot be reached or refuses a creation for a
     reason other than the topic already existing.
     """
-    admin = AdminClient(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "socket.timeout.ms": int(timeout * 1000),
-            "logger": logging.getLogger("librdkafka"),
-        }
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "socket.timeout.ms": int(timeout * 1000),
+        "logger": logging.getLogger("librdkafka"),
+    }
+    admin = AdminClient(config)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except confluent_kafka.KafkaException as error:
