@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install the system packages the local infrastructure (scripts/infra.py) needs on Debian 12, only when missing:
+#   java (17+)  -> openjdk-17-jre-headless      mvn      -> maven
+#   PostgreSQL  -> postgresql (server 15)       promtool -> prometheus
+# Runs `apt-get update` once, and only when something has to be installed. As non-root it prints the
+# command to run instead and exits 1. Safe to run repeatedly.
+#
+# Packages must not start services while being installed here: Debian's postgresql would start its `main`
+# cluster and prometheus would listen on 0.0.0.0:9090. A temporary /usr/sbin/policy-rc.d prevents that
+# (unless one exists already). Any Debian cluster left on our port (PG_PORT, default 5433) is stopped.
+set -euo pipefail
+
+PG_PORT="${PG_PORT:-5433}"
+PG_SERVER_BIN=/usr/lib/postgresql/15/bin/postgres
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+java_major() {
+  # Prints the major version of `java` on PATH (e.g. 17), or 0 when it cannot be determined.
+  local line
+  line="$(java -version 2>&1 | head -n 1)" || true
+  if [[ $line =~ \"([0-9]+)(\.([0-9]+))? ]]; then
+    if [[ ${BASH_REMATCH[1]} == 1 ]]; then echo "${BASH_REMATCH[3]:-0}"; else echo "${BASH_REMATCH[1]}"; fi
+  else
+    echo 0
+  fi
+}
+
+missing=()
+if ! have java; then
+  missing+=(openjdk-17-jre-headless)
+elif (( $(java_major) < 17 )); then
+  echo "java on PATH is older than 17; installing openjdk-17-jre-headless (select it with update-alternatives)" >&2
+  missing+=(openjdk-17-jre-headless)
+fi
+have mvn || missing+=(maven)
+[[ -x $PG_SERVER_BIN ]] || missing+=(postgresql)
+have promtool || missing+=(prometheus)
+
+stop_debian_clusters_on_our_port() {
+  # Debian's postgresql-common creates a `main` cluster (normally on 5432, but on the next free port when
+  # 5432 is taken). Make sure none runs, or starts at boot, on the port scripts/infra.py uses.
+  have pg_lsclusters || return 0
+  local ver name port status _rest
+  while read -r ver name port status _rest; do
+    [[ $port == "$PG_PORT" ]] || continue
+    if [[ $EUID -ne 0 ]]; then
+      echo "warning: Debian cluster $ver/$name uses port $PG_PORT; stop it with: sudo pg_ctlcluster $ver $name stop" >&2
+      continue
+    fi
+    if [[ $status == online* ]]; then
+      echo "stopping Debian PostgreSQL cluster $ver/$name on port $PG_PORT (scripts/infra.py uses that port)" >&2
+      pg_ctlcluster "$ver" "$name" stop
+    fi
+    if [[ -f /etc/postgresql/$ver/$name/start.conf ]]; then
+      echo manual > "/etc/postgresql/$ver/$name/start.conf"
+    fi
+  done < <(pg_lsclusters -h 2>/dev/null || true)
+}
+
+if (( ${#missing[@]} == 0 )); then
+  echo "system dependencies present (java, mvn, postgresql 15, promtool)" >&2
+  stop_debian_clusters_on_our_port
+  exit 0
+fi
+
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+if [[ $EUID -ne 0 ]]; then
+  echo "missing system packages: ${missing[*]}" >&2
+  echo "run as root:  sudo sh -c '$install_cmd'" >&2
+  exit 1
+fi
+
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\n# Temporary: keep services from starting during .ci/install-system-deps.sh\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
+
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"
+
+stop_debian_clusters_on_our_port
+echo "system dependencies installed" >&2

@@ -1,0 +1,53 @@
+# The two commands a new user needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INFRA := $(PYTHON) scripts/infra.py
+
+.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean
+
+## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
+run: deps venv
+	@scripts/run.sh
+
+## test: set up, then type-check and run every test (the tests start the local Kafka and PostgreSQL)
+test: deps venv typecheck
+	$(PY) -m pytest
+
+## unit: only the tests that need no broker or database
+unit: venv
+	$(PY) -m pytest -m "not integration"
+
+typecheck: venv
+	$(PY) -m mypy
+
+## deps: install the Debian packages the project needs when they are missing (Java, Maven, PostgreSQL)
+deps:
+	@bash .ci/install-system-deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## infra-up: start the single-node Kafka and PostgreSQL (idempotent); prints the settings they serve
+infra-up: deps
+	@$(INFRA) up
+
+## infra-up-3: start the three-node Kafka cluster (min.insync.replicas=2) and PostgreSQL
+infra-up-3: deps
+	@$(INFRA) up --kafka-nodes 3
+
+## infra-down: stop the local Kafka and PostgreSQL (idempotent)
+infra-down:
+	@$(INFRA) down
+
+infra-status:
+	@$(INFRA) status
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache *.egg-info
