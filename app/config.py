@@ -91,11 +91,31 @@ class Settings:
     max_batch_events: int = 10_000
     max_event_bytes: int = 1 * MIB
 
+    outbox_max_pending: int = 1_000_000
+    outbox_group_events: int = 1000
+    outbox_queue: int = 10_000
+    outbox_write_timeout: float = 5 * SECONDS
+    outbox_relay_batch: int = 1000
+    outbox_poll_interval: float = 0.5 * SECONDS
+    outbox_kafka_timeout: float = 10 * SECONDS
+    outbox_retention_hours: float = 168.0
+    outbox_relay_id: str = ""
+
     ready_timeout: float = 2 * SECONDS
     graceful_timeout: float = 5 * SECONDS
     flush_timeout: float = 30 * SECONDS
     retry_after_seconds: int = 1
     log_level: str = "INFO"
+
+    @property
+    def relay_transactional_id(self) -> str:
+        """The outbox relay's transactional.id: shared by every instance of one deployment."""
+        return self.outbox_relay_id or f"{self.kafka_client_id}.{self.transaction.topic}.outbox-relay"
+
+    @property
+    def checkpoint_topic(self) -> str:
+        """Single-partition, compacted topic of the relay's checkpoints."""
+        return f"{self.transaction.topic}.checkpoint"
 
     def profiles(self) -> dict[str, ProfileSettings]:
         return {

@@ -8,9 +8,11 @@ errors of every invalid index, and nothing of it reaches Kafka.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
+import iso4217
 import msgspec
 
 LEVELS: Final = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"})
@@ -138,3 +140,116 @@ def format_timestamp(value: dt.datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.isoformat().replace("+00:00", "Z")
+
+
+# -- transactions ------------------------------------------------------------------------
+
+TRANSACTION_TYPES: Final = frozenset({"PAYMENT", "REFUND", "TRANSFER", "DEPOSIT", "WITHDRAWAL", "CHARGEBACK", "ADJUSTMENT"})
+MAX_AMOUNT_DIGITS: Final = 30
+
+
+def currency_minor_unit(code: str) -> int | None:
+    """The ISO 4217 minor unit (fraction digits) of a currency, or None when it is not a currency."""
+    try:
+        currency = iso4217.Currency(code)
+    except ValueError:
+        return None
+    exponent = currency.exponent
+    return exponent if isinstance(exponent, int) else None
+
+
+class TransactionIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One financial event as clients send it. ``amount`` is decoded exactly, never as a float."""
+
+    userId: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    amount: decimal.Decimal
+    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+    description: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    metadata: dict[str, Any] | None = None
+    occurredAt: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        kind = self.type.upper()
+        if kind not in TRANSACTION_TYPES:
+            raise ValueError(f"type must be one of {', '.join(sorted(TRANSACTION_TYPES))}")
+        self.type = kind
+        code = self.currency.upper()
+        minor = currency_minor_unit(code)
+        if minor is None:
+            raise ValueError(f"currency {self.currency!r} is not an ISO 4217 currency with a minor unit")
+        self.currency = code
+        amount = self.amount
+        if not amount.is_finite() or amount <= 0:
+            raise ValueError("amount must be a positive number")
+        if amount.adjusted() + 1 + minor > MAX_AMOUNT_DIGITS:
+            raise ValueError(f"amount has more than {MAX_AMOUNT_DIGITS} digits")
+        with decimal.localcontext() as context:
+            context.prec = MAX_AMOUNT_DIGITS
+            exact = amount.quantize(decimal.Decimal(1).scaleb(-minor))
+        if exact != amount:
+            raise ValueError(f"amount has more fraction digits than {code} allows ({minor})")
+        self.amount = exact
+
+
+class TransactionBatchItem(TransactionIn, forbid_unknown_fields=True):
+    idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+
+
+class TransactionBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    transactions: list[msgspec.Raw]
+
+
+class TransactionRecord(msgspec.Struct, omit_defaults=True):
+    """The value written to Kafka for one transaction; ``amount`` is a decimal string."""
+
+    eventId: str
+    receivedAt: str
+    userId: str
+    type: str
+    amount: decimal.Decimal
+    currency: str
+    occurredAt: str
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_transaction_decoder: Final = msgspec.json.Decoder(TransactionIn)
+_transaction_item_decoder: Final = msgspec.json.Decoder(TransactionBatchItem)
+_transaction_batch_decoder: Final = msgspec.json.Decoder(TransactionBatchIn)
+
+
+def decode_transaction(body: bytes) -> TransactionIn:
+    try:
+        return _transaction_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        _classify(body, error)
+        raise InvalidEvents([{"message": str(error)}]) from None
+
+
+def decode_transaction_batch(body: bytes, max_events: int) -> list[TransactionBatchItem]:
+    """Decode ``{"transactions": [...]}``; every invalid index is reported, none is accepted."""
+    try:
+        batch = _transaction_batch_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        _classify(body, error)
+        raise InvalidEvents([{"message": str(error)}]) from None
+    items = batch.transactions
+    if len(items) > max_events:
+        raise TooManyEvents(f"a batch holds at most {max_events} events, this one has {len(items)}")
+    if not items:
+        raise InvalidEvents([{"message": "a batch needs at least one event"}])
+    decoded: list[TransactionBatchItem] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            decoded.append(_transaction_item_decoder.decode(item))
+        except msgspec.ValidationError as error:
+            if len(errors) < MAX_ERRORS_REPORTED:
+                errors.append(_schema_error(index, error))
+    keys = [t.idempotencyKey for t in decoded if t.idempotencyKey is not None]
+    if len(keys) != len(set(keys)):
+        errors.append({"message": "two transactions of the batch share an idempotencyKey"})
+    if errors:
+        raise InvalidEvents(errors)
+    return decoded

@@ -9,9 +9,11 @@ profile drains its buffer and flushes its producer within the flush timeout; exi
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -24,12 +26,15 @@ from app.config import Settings
 from app.db.database import Database
 from app.gateway.app import route_in_process
 from app.http.listener import ReadyCheck, create_listener_app
-from app.kafka.admin import maintain_topics
+from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.producer import KafkaProducer, producer_config
 from app.observability.metrics import Metrics
+from app.outbox.relay import Relay
+from app.outbox.writer import OutboxWriter
 from app.profile import ProducerProfile
 from app.shippers.application import ApplicationShipper
 from app.shippers.ingest import Submitter
+from app.shippers.transaction import TransactionShipper
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class Runtime:
     """What a started gateway hands back: where it listens, and how to stop it."""
 
     addresses: dict[str, list[str]]
+    settings: Settings
     profiles: dict[str, ProducerProfile]
     metrics: Metrics
     _shutdown: trio.Event = field(repr=False)
@@ -53,23 +59,85 @@ class Runtime:
         return self.addresses[listener][0]
 
 
+# The profiles fed through a bounded channel; transactions go through the outbox instead.
+CHANNEL_PROFILES = ("application", "infrastructure")
+
+
+def profile_producer_config(settings: Settings, name: str) -> dict[str, Any]:
+    return producer_config(
+        settings.profiles()[name],
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-{name}",
+        max_message_bytes=max(1_000_000, settings.max_event_bytes + 64 * 1024),
+    )
+
+
 def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerProfile]:
-    profiles: dict[str, ProducerProfile] = {}
-    for name, profile_settings in settings.profiles().items():
-        config = producer_config(
-            profile_settings,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=f"{settings.kafka_client_id}-{name}",
-            max_message_bytes=max(1_000_000, settings.max_event_bytes + 64 * 1024),
+    return {
+        name: ProducerProfile(
+            name,
+            settings.profiles()[name],
+            KafkaProducer(profile_producer_config(settings, name)),
+            metrics,
+            flush_timeout=settings.flush_timeout,
         )
-        profiles[name] = ProducerProfile(
-            name, profile_settings, KafkaProducer(config), metrics, flush_timeout=settings.flush_timeout
-        )
-    return profiles
+        for name in CHANNEL_PROFILES
+    }
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    partitions = settings.topic_partitions
+    specs = [
+        TopicSpec(topic, partitions)
+        for profile in settings.profiles().values()
+        for topic in (profile.topic, profile.dead_letter_topic)
+    ]
+    specs.append(TopicSpec(settings.checkpoint_topic, 1, {"cleanup.policy": "compact"}))
+    return specs
+
+
+@dataclass
+class Outbox:
+    database: Database
+    writer: OutboxWriter
+    relay: Relay
+
+
+def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
+    if not settings.database_url:
+        return None
+    relay: Relay | None = None
+
+    def wake_relay() -> None:
+        if relay is not None:
+            relay.wake()
+
+    writer = OutboxWriter(
+        settings.database_url,
+        metrics,
+        max_group_events=settings.outbox_group_events,
+        max_queue=settings.outbox_queue,
+        max_pending=settings.outbox_max_pending,
+        write_timeout=settings.outbox_write_timeout,
+        on_commit=wake_relay,
+    )
+    relay = Relay(
+        settings.database_url,
+        profile_producer_config(settings, "transaction"),
+        writer,
+        metrics,
+        transactional_id=settings.relay_transactional_id,
+        checkpoint_topic=settings.checkpoint_topic,
+        batch_size=settings.outbox_relay_batch,
+        poll_interval=settings.outbox_poll_interval,
+        kafka_timeout=settings.outbox_kafka_timeout,
+        retention=dt.timedelta(hours=settings.outbox_retention_hours),
+    )
+    return Outbox(Database(settings.database_url, timeout=settings.ready_timeout), writer, relay)
 
 
 def build_apps(
-    settings: Settings, metrics: Metrics, profiles: dict[str, ProducerProfile], database: Database | None
+    settings: Settings, metrics: Metrics, profiles: dict[str, ProducerProfile], outbox: Outbox | None
 ) -> dict[str, tuple[QuartTrio, int]]:
     """The Quart app and port of each listener."""
 
@@ -88,18 +156,22 @@ def build_apps(
             max_event_bytes=settings.max_event_bytes,
         ),
     )
-    transaction_checks = [probe("transaction")]
-    if database is not None:
-        transaction_checks.append(database.probe)
+    transaction = TransactionShipper(settings, outbox.writer if outbox else None)
 
+    async def no_database() -> str:
+        return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
+
+    # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
+    transaction_app = listener("transaction", [outbox.database.probe if outbox else no_database])
+    transaction.register(transaction_app)
     application_app = listener("application", [probe("application")])
     application.register(application_app)
-    gateway_app = route_in_process(listener("gateway", [probe("application")]), [application])
+    gateway_app = route_in_process(listener("gateway", [probe("application")]), [application, transaction])
     return {
         "gateway": (gateway_app, settings.gateway_port),
         "application": (application_app, settings.application_port),
         "infrastructure": (listener("infrastructure", [probe("infrastructure")]), settings.infrastructure_port),
-        "transaction": (listener("transaction", transaction_checks), settings.transaction_port),
+        "transaction": (transaction_app, settings.transaction_port),
     }
 
 
@@ -137,9 +209,8 @@ async def run(
     """Run the gateway until shut down. Reports a :class:`Runtime` once every listener is up."""
     metrics = Metrics()
     profiles = build_profiles(settings, metrics)
-    database = Database(settings.database_url, timeout=settings.ready_timeout) if settings.database_url else None
+    outbox = build_outbox(settings, metrics)
     shutdown = trio.Event()
-    topics = [t for p in settings.profiles().values() for t in (p.topic, p.dead_letter_topic)]
 
     async with trio.open_nursery() as background:
         if handle_signals:
@@ -148,19 +219,20 @@ async def run(
             partial(
                 maintain_topics,
                 settings.kafka_bootstrap_servers,
-                topics,
-                partitions=settings.topic_partitions,
+                topic_specs(settings),
                 replication_factor=settings.topic_replication_factor,
                 timeout=max(settings.ready_timeout, 5.0),
             )
         )
-        if database is not None:
-            await background.start(database.run)
+        if outbox is not None:
+            await background.start(outbox.database.run)
+            await background.start(outbox.writer.run)
+            await background.start(outbox.relay.run)
 
         async with trio.open_nursery() as producers:
             for profile in profiles.values():
                 await producers.start(profile.run)
-            apps = build_apps(settings, metrics, profiles, database)
+            apps = build_apps(settings, metrics, profiles, outbox)
             async with trio.open_nursery() as listeners:
                 addresses: dict[str, list[str]] = {}
                 for name in LISTENERS:
@@ -171,7 +243,7 @@ async def run(
                         )
                     )
                     log.info("%s listening on %s", name, ", ".join(addresses[name]))
-                task_status.started(Runtime(addresses, profiles, metrics, shutdown))
+                task_status.started(Runtime(addresses, settings, profiles, metrics, shutdown))
             log.info("listeners stopped; draining producer buffers")
             for profile in profiles.values():
                 profile.close()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
@@ -59,9 +60,25 @@ def unique_topics_env(prefix: str = "t") -> dict[str, str]:
     }
 
 
+def schema_url(database_url: str, schema: str) -> str:
+    separator = "&" if "?" in database_url else "?"
+    return f"{database_url}{separator}options=-csearch_path%3D{schema}"
+
+
 @pytest.fixture
-def gateway_env(infra: Infra) -> dict[str, str]:
-    """Environment for a gateway on free ports with topics of its own."""
+def database_url(infra: Infra) -> Iterator[str]:
+    """The gateway database seen through a schema of this test's own, dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(infra.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield schema_url(infra.database_url, schema)
+    with psycopg.connect(infra.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def gateway_env(infra: Infra, database_url: str) -> dict[str, str]:
+    """Environment for a gateway on free ports with topics and a database schema of its own."""
     return {
         "HOST": "127.0.0.1",
         "GATEWAY_PORT": "0",
@@ -69,7 +86,8 @@ def gateway_env(infra: Infra) -> dict[str, str]:
         "INFRASTRUCTURE_PORT": "0",
         "TRANSACTION_PORT": "0",
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
-        "DATABASE_URL": infra.database_url,
+        "DATABASE_URL": database_url,
+        "OUTBOX_POLL_INTERVAL": "0.2",
         "TOPIC_PARTITIONS": "3",
         "FLUSH_TIMEOUT": "15",
         "GRACEFUL_TIMEOUT": "2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import confluent_kafka
@@ -15,11 +16,17 @@ from app.kafka.errors import KafkaUnavailable
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
 def ensure_topics(
     bootstrap_servers: str,
-    topics: Iterable[str],
+    topics: Iterable[TopicSpec],
     *,
-    partitions: int,
     replication_factor: int,
     timeout: float,
 ) -> list[str]:
@@ -38,11 +45,14 @@ def ensure_topics(
         existing = set(admin.list_topics(timeout=timeout).topics)
     except confluent_kafka.KafkaException as error:
         raise KafkaUnavailable(error.args[0].str()) from None
-    missing = [name for name in topics if name not in existing]
+    missing = [spec for spec in topics if spec.name not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor) for name in missing],
+        [
+            NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication_factor, config=spec.config)
+            for spec in missing
+        ],
         operation_timeout=timeout,
         request_timeout=timeout,
     )
@@ -64,9 +74,8 @@ def ensure_topics(
 
 async def maintain_topics(
     bootstrap_servers: str,
-    topics: list[str],
+    topics: list[TopicSpec],
     *,
-    partitions: int,
     replication_factor: int,
     timeout: float,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -80,7 +89,6 @@ async def maintain_topics(
                 lambda: ensure_topics(
                     bootstrap_servers,
                     topics,
-                    partitions=partitions,
                     replication_factor=replication_factor,
                     timeout=timeout,
                 ),

@@ -67,6 +67,25 @@ class Metrics:
             "http_request_duration_seconds", "HTTP request handling time.", ["listener", "route"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.outbox_pending = Gauge("outbox_pending_events", "Transactions committed and not yet published.", registry=r)
+        self.outbox_oldest_pending_age = Gauge(
+            "outbox_oldest_pending_age_seconds", "Age of the oldest unpublished transaction.", registry=r
+        )
+        self.outbox_published = Counter(
+            "outbox_published", "Transactions published to Kafka by this instance's relay.", registry=r
+        )
+        self.outbox_publish_failures = Counter(
+            "outbox_publish_failures", "Relay attempts that failed and started over.", registry=r
+        )
+        self.outbox_relay_state = Gauge(
+            "outbox_relay_state", "1 for the relay's current state (standby, leading, failing).", ["state"], registry=r
+        )
+        self.outbox_commits = Histogram(
+            "outbox_commit_events", "Transactions per group commit.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.outbox_commit_duration = Histogram(
+            "outbox_commit_duration_seconds", "Time of one group commit.", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.events_per_request = Histogram(
             "events_per_request", "Events in one accepted request.", ["service"], buckets=BATCH_BUCKETS, registry=r
         )

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 import trio
 
 from app.db.database import DatabaseUnavailable, apply_migrations, migrations, ping
-from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def fresh_database(infra: Infra) -> Iterator[str]:
-    """The gateway database seen through a schema of this test's own, dropped afterwards."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(infra.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    separator = "&" if "?" in infra.database_url else "?"
-    yield f"{infra.database_url}{separator}options=-csearch_path%3D{schema}"
-    with psycopg.connect(infra.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def fresh_database(database_url: str) -> str:
+    return database_url
 
 
 def test_migrations_apply_once_in_order(fresh_database: str) -> None:

@@ -1,0 +1,151 @@
+"""Group commit: concurrent requests share one PostgreSQL transaction.
+
+A handler hands its entries to :meth:`OutboxWriter.write` and waits (with a deadline) for
+the commit. The writer task takes whatever requests are queued, up to a group size, and
+commits them together, so throughput grows with concurrency instead of being bounded by
+one fsync per request. The queue is bounded: a full queue, a backlog past its limit or an
+unreachable database is answered at once, never by waiting longer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from app.db import outbox as store
+from app.db.database import DatabaseUnavailable
+from app.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class OutboxUnavailable(Exception):
+    """The outbox cannot take the request now (database away, backlog or queue full)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    entries: Sequence[store.OutboxEntry]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: store.RequestResult | BaseException | None = None
+
+
+class OutboxWriter:
+    def __init__(
+        self,
+        url: str,
+        metrics: Metrics,
+        *,
+        max_group_events: int,
+        max_queue: int,
+        max_pending: int,
+        write_timeout: float,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self._url = url
+        self._metrics = metrics
+        self._max_group_events = max_group_events
+        self._max_pending = max_pending
+        self._write_timeout = write_timeout
+        self._on_commit = on_commit
+        self._send, self._receive = trio.open_memory_channel[_Request](max_queue)
+        self._limiter = trio.CapacityLimiter(1)
+        self._conn: Any = None
+        self._reader: Any = None
+        self._reader_limiter = trio.CapacityLimiter(1)
+        # Refreshed by the relay from the table; raised here by every commit in between.
+        self.pending_estimate = 0
+
+    async def write(self, entries: Sequence[store.OutboxEntry]) -> list[store.Accepted]:
+        """Commit ``entries`` (all or none); raises OutboxUnavailable or IdempotencyConflict."""
+        if self.pending_estimate + len(entries) > self._max_pending:
+            raise OutboxUnavailable(f"the outbox backlog is over its limit of {self._max_pending} events")
+        request = _Request(entries)
+        try:
+            self._send.send_nowait(request)
+        except trio.WouldBlock:
+            raise OutboxUnavailable("the outbox write queue is full") from None
+        with trio.move_on_after(self._write_timeout):
+            await request.done.wait()
+        result = request.result
+        if result is None:
+            raise OutboxUnavailable(f"the outbox did not commit within {self._write_timeout:.1f}s")
+        if isinstance(result, (BaseException, store.IdempotencyConflict, store.RetryableConflict)):
+            raise result
+        return result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            async with self._receive:
+                async for first in self._receive:
+                    group = [first]
+                    events = len(first.entries)
+                    while events < self._max_group_events:
+                        try:
+                            request = self._receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        group.append(request)
+                        events += len(request.entries)
+                    await self._commit(group, events)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await trio.to_thread.run_sync(self._close_connections, limiter=self._limiter)
+
+    def _close_connections(self) -> None:
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                conn.close()
+        self._conn = self._reader = None
+
+    async def _commit(self, group: list[_Request], events: int) -> None:
+        started = trio.current_time()
+        try:
+            results = await trio.to_thread.run_sync(
+                self._commit_sync, [r.entries for r in group], limiter=self._limiter
+            )
+        except DatabaseUnavailable as error:
+            log.warning("outbox commit of %d requests failed: %s", len(group), error)
+            for request in group:
+                request.result = OutboxUnavailable(f"database unavailable: {error}")
+        else:
+            for request, result in zip(group, results):
+                request.result = result
+            self.pending_estimate += events
+            self._metrics.outbox_commits.observe(events)
+            self._metrics.outbox_commit_duration.observe(trio.current_time() - started)
+            self._on_commit()
+        for request in group:
+            request.done.set()
+
+    def _commit_sync(self, requests: list[Sequence[store.OutboxEntry]]) -> list[store.RequestResult]:
+        if self._conn is None or self._conn.closed:
+            self._conn = store.connect(self._url, timeout=self._write_timeout)
+        try:
+            return store.commit_group(self._conn, requests)
+        except DatabaseUnavailable:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    async def status(self, event_id: Any) -> store.EventStatus | None:
+        """Where an event stands (pending or published); raises DatabaseUnavailable."""
+
+        def look_up() -> store.EventStatus | None:
+            if self._reader is None or self._reader.closed:
+                self._reader = store.connect(self._url, timeout=self._write_timeout)
+            try:
+                return store.event_status(self._reader, event_id)
+            except DatabaseUnavailable:
+                self._reader.close()
+                self._reader = None
+                raise
+
+        with trio.fail_after(self._write_timeout * 2 if math.isfinite(self._write_timeout) else 10):
+            return await trio.to_thread.run_sync(look_up, limiter=self._reader_limiter)
