@@ -1,0 +1,109 @@
+"""The gateway as a separate process, and a stream of transactions that retries like a client."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
+
+import httpx
+import trio
+
+from tests.conftest import ROOT, wait_ready
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class GatewayProcess:
+    """``python -m app`` on ports of its own; can be killed and started again."""
+
+    def __init__(self, env: Mapping[str, str], log_path: str | None = None) -> None:
+        self.ports = {name: free_port() for name in ("gateway", "application", "infrastructure", "transaction")}
+        self.env = {
+            **os.environ,
+            **env,
+            **{f"{name.upper()}_PORT": str(port) for name, port in self.ports.items()},
+        }
+        self.log_path = log_path
+        self.process: trio.Process | None = None
+
+    def url(self, listener: str) -> str:
+        return f"http://127.0.0.1:{self.ports[listener]}"
+
+    async def start(self, ready_listener: str = "transaction") -> None:
+        if self.log_path:
+            with open(self.log_path, "ab") as log:
+                self.process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "app"], env=self.env, cwd=str(ROOT), stderr=log, stdout=log
+                )
+        else:
+            self.process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "app"], env=self.env, cwd=str(ROOT), stderr=subprocess.DEVNULL
+            )
+        await wait_ready(self.url(ready_listener))
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+    async def close(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            await self.kill()
+
+
+class TransactionStream:
+    """Sends ``total`` transactions, each with its own Idempotency-Key, retrying until answered 202.
+
+    ``accepted`` maps each event id answered 202 to its key. Requests lost to a killed
+    process or refused with 503 are sent again with the same key, as a client should.
+    """
+
+    def __init__(self, urls: list[str], total: int, workers: int = 8) -> None:
+        self.urls = urls
+        self.total = total
+        self.workers = workers
+        self.accepted: dict[str, str] = {}
+        self.retries = 0
+        self._next = 0
+
+    async def run(self, deadline: float = 240) -> None:
+        with trio.fail_after(deadline):
+            async with httpx.AsyncClient(timeout=10) as client:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(self.workers):
+                        nursery.start_soon(self._worker, client)
+
+    async def _worker(self, client: httpx.AsyncClient) -> None:
+        while self._next < self.total:
+            index = self._next
+            self._next += 1
+            key = f"stream-{index}-{uuid.uuid4().hex[:6]}"
+            body = {"userId": f"user-{index % 50}", "type": "PAYMENT", "amount": f"{index + 1}.{index % 100:02d}", "currency": "EUR"}
+            while True:
+                url = random.choice(self.urls)
+                try:
+                    response = await client.post(f"{url}/api/v1/transactions", json=body, headers={"Idempotency-Key": key})
+                except httpx.TransportError:
+                    response = None
+                if response is not None and response.status_code == 202:
+                    self.accepted[response.json()["eventId"]] = key
+                    break
+                assert response is None or response.status_code == 503, response.text
+                self.retries += 1
+                await trio.sleep(0.05)
