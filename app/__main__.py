@@ -9,6 +9,7 @@ import sys
 import trio
 
 from app.config import SettingsError, load_settings
+from app.outbox import cli as outbox_cli
 from app.runtime import run
 
 
@@ -19,12 +20,17 @@ def main(argv: list[str] | None = None) -> int:
         "transaction (8083) shippers in one process. Settings come from environment variables "
         "(see the README's configuration table).",
     )
-    parser.parse_args(argv)
+    subparsers = parser.add_subparsers(dest="command")
+    subparsers.add_parser("run", help="run the gateway (the default)")
+    outbox_cli.add_commands(subparsers)
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    if args.command == "outbox":
+        return outbox_cli.run(settings, args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

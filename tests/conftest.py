@@ -130,3 +130,31 @@ async def gateway(settings: Settings) -> AsyncIterator[Runtime]:
 def kafka(infra: Infra) -> Iterator[KafkaReader]:
     reader = KafkaReader(infra.kafka_bootstrap_servers)
     yield reader
+
+
+class PrivateKafka:
+    """A single-node Kafka of one test module's own, on other ports, that a test may stop and start."""
+
+    def __init__(self, directory: Path, port_base: int) -> None:
+        self.env = {**os.environ, "INFRA_DIR": str(directory), "KAFKA_PORT_BASE": str(port_base)}
+        self.bootstrap_servers = f"127.0.0.1:{port_base}"
+
+    def _infra(self, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "infra.py"), *args, "--no-postgres"],
+            check=True, env=self.env, stdout=subprocess.DEVNULL, timeout=300,
+        )
+
+    def up(self) -> None:
+        self._infra("up")
+
+    def down(self) -> None:
+        self._infra("down")
+
+
+@pytest.fixture(scope="module")
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
+    kafka = PrivateKafka(ROOT / ".local" / "private-kafka", port_base=19092)
+    kafka.up()
+    yield kafka
+    kafka.down()

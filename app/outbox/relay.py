@@ -112,7 +112,9 @@ class Relay:
         self._conn = await trio.to_thread.run_sync(
             lambda: store.connect(self._url, timeout=self._kafka_timeout), limiter=self._limiter
         )
-        self.state = RelayState.STANDBY
+        await self._refresh_stats(force=True)
+        if self.state is not RelayState.FAILING:
+            self.state = RelayState.STANDBY
         while not await self._db(store.try_lead):
             await self._refresh_stats()
             await trio.sleep(self._poll_interval)
@@ -148,9 +150,9 @@ class Relay:
             self._metrics.outbox_published.inc(len(positions))
             self._writer.pending_estimate = max(0, self._writer.pending_estimate - len(positions))
 
-    async def _refresh_stats(self) -> None:
+    async def _refresh_stats(self, *, force: bool = False) -> None:
         now = trio.current_time()
-        if now < self._next_stats:
+        if now < self._next_stats and not force:
             return
         self._next_stats = now + 1.0
         backlog: store.Backlog = await self._db(store.backlog)
