@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean
+.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -48,6 +48,12 @@ infra-down:
 
 infra-status:
 	@$(INFRA) status
+
+## bench-transactions: end-to-end transaction ingest (hey) and the outbox driver comparison, as tables
+bench-transactions: venv
+	@bash .ci/install-system-deps.sh --bench
+	$(PY) scripts/bench_transactions.py
+	$(PY) scripts/bench_outbox_driver.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache *.egg-info

@@ -36,6 +36,11 @@ fi
 have mvn || missing+=(maven)
 [[ -x $PG_SERVER_BIN ]] || missing+=(postgresql)
 have promtool || missing+=(prometheus)
+# --bench: also the HTTP load tools the benchmarks under scripts/ drive the gateway with.
+if [[ ${1:-} == --bench ]]; then
+  have hey || missing+=(hey)
+  have wrk || missing+=(wrk)
+fi
 
 stop_debian_clusters_on_our_port() {
   # Debian's postgresql-common creates a `main` cluster (normally on 5432, but on the next free port when

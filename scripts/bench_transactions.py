@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""End-to-end transaction ingest: HTTP -> group commit in PostgreSQL (fsync on) -> 202.
+
+Starts the gateway as a separate process against the local Kafka and PostgreSQL
+(``make infra-up``), drives it with ``hey`` (Debian package ``hey``) so the load generator is
+not Python, and prints one table:
+
+- single transactions, closed loop at 64 connections (the ceiling of one process)
+- batches of 100, closed loop at 16 connections
+- batches of 100 at a fixed offered rate of half the 5,000 transactions/s target, evenly spaced
+  (one sender) and in bursts (several senders whose ticks coincide), for p99
+
+    .venv/bin/python scripts/bench_transactions.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SINGLE = json.dumps({"userId": "user-1", "type": "PAYMENT", "amount": 99.99, "currency": "USD"})
+BATCH = json.dumps(
+    {"transactions": [{"userId": f"user-{i}", "type": "PAYMENT", "amount": "99.99", "currency": "USD"} for i in range(100)]}
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", "application/json", "-D", body_file, *extra, url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for q in ("50", "99"):
+        match = re.search(rf"{q}% in ([\d.]+) secs", out)
+        result[f"p{q}"] = float(match.group(1)) * 1000 if match else float("nan")
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    result["ok"] = float(codes.get("202", 0))
+    result["other"] = float(sum(int(v) for k, v in codes.items() if k != "202"))
+    return result
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the gateway at {url} did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("hey is missing: apt-get install hey (or bash .ci/install-system-deps.sh --bench)")
+    served = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"], check=True, capture_output=True, text=True
+    ).stdout
+    env = {**os.environ, **dict(line.split("=", 1) for line in served.split()), "LOG_LEVEL": "WARNING"}
+    port = free_port()
+    env.update(
+        TRANSACTION_PORT=str(port), GATEWAY_PORT=str(free_port()), APPLICATION_PORT=str(free_port()),
+        INFRASTRUCTURE_PORT=str(free_port()),
+    )
+    url = f"http://127.0.0.1:{port}"
+    gateway = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url)
+        with tempfile.TemporaryDirectory() as tmp:
+            single, batch = Path(tmp, "single.json"), Path(tmp, "batch.json")
+            single.write_text(SINGLE)
+            batch.write_text(BATCH)
+            runs = [
+                ("single, 64 connections", "/api/v1/transactions", single, 1, ["-c", "64"]),
+                ("batch of 100, 16 connections", "/api/v1/transactions/batch", batch, 100, ["-c", "16"]),
+                ("batch of 100, 2,500 tx/s, evenly spaced", "/api/v1/transactions/batch", batch, 100, ["-c", "1", "-q", "25"]),
+                ("batch of 100, 2,500 tx/s, bursts of 5", "/api/v1/transactions/batch", batch, 100, ["-c", "5", "-q", "5"]),
+            ]
+            print(f"{'run':<42}{'req/s':>9}{'tx/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'202':>8}{'other':>7}", flush=True)
+            for name, path, body, per_request, extra in runs:
+                result = hey(f"{url}{path}", str(body), args.seconds, extra)
+                print(
+                    f"{name:<42}{result['rps']:>9.0f}{result['rps'] * per_request:>9.0f}"
+                    f"{result['p50']:>9.1f}{result['p99']:>9.1f}{result['ok']:>8.0f}{result['other']:>7.0f}",
+                    flush=True,
+                )
+                time.sleep(3)  # let the relay drain between runs
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
