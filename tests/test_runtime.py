@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -17,14 +16,9 @@ from app.config import load_settings
 from app.runtime import Runtime, run
 from tests.conftest import ROOT, unique_topics_env, wait_ready
 from tests.kafka_reader import KafkaReader
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def no_kafka_env(**extra: str) -> dict[str, str]:
@@ -34,7 +28,7 @@ def no_kafka_env(**extra: str) -> dict[str, str]:
         "APPLICATION_PORT": "0",
         "INFRASTRUCTURE_PORT": "0",
         "TRANSACTION_PORT": "0",
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port()}",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "READY_TIMEOUT": "0.5",
         "FLUSH_TIMEOUT": "1",
         "GRACEFUL_TIMEOUT": "1",
@@ -82,7 +76,7 @@ async def test_a_full_buffer_answers_503_with_retry_after_at_once() -> None:
 
 
 async def test_sigterm_during_a_stream_loses_no_accepted_event(gateway_env: dict[str, str], kafka: KafkaReader) -> None:
-    ports = {name: str(closed_port()) for name in ("GATEWAY_PORT", "APPLICATION_PORT", "INFRASTRUCTURE_PORT", "TRANSACTION_PORT")}
+    ports = {name: str(free_port()) for name in ("GATEWAY_PORT", "APPLICATION_PORT", "INFRASTRUCTURE_PORT", "TRANSACTION_PORT")}
     env = {**os.environ, **gateway_env, **ports, "GRACEFUL_TIMEOUT": "3"}
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "app"], env=env, cwd=str(ROOT), stderr=subprocess.DEVNULL

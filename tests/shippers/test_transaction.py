@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import httpx
@@ -10,8 +11,11 @@ import psycopg
 import pytest
 import trio
 
-from app.runtime import Runtime
-from tests.kafka_reader import ConsumedRecord, KafkaReader
+from app.config import load_settings
+from app.runtime import Runtime, run
+from tests.conftest import wait_ready
+from tests.kafka_reader import KafkaReader
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +145,38 @@ async def test_bad_input_is_refused_and_nothing_is_stored(gateway: Runtime, data
         assert (await client.get("/api/v1/transactions/not-a-uuid")).status_code == 404
         assert (await client.get("/api/v1/transactions/6a34718f-6872-458c-87f0-8856cba5e556")).status_code == 404
     assert outbox_rows(database_url) == 0
+
+
+async def test_503_with_retry_after_when_the_backlog_is_over_its_limit(gateway_env: dict[str, str]) -> None:
+    # Kafka unreachable: nothing is published, so the backlog only grows.
+    settings = load_settings(
+        {**gateway_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "OUTBOX_MAX_PENDING": "3"}
+    )
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        await wait_ready(runtime.url("transaction"))
+        async with httpx.AsyncClient(base_url=runtime.url("transaction")) as client:
+            answers = [(await client.post("/api/v1/transactions", json=PAYMENT)).status_code for _ in range(3)]
+            refused = await client.post("/api/v1/transactions", json=PAYMENT)
+        assert answers == [202, 202, 202]
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "backlog" in refused.json()["detail"]
+        runtime.shutdown()
+
+
+async def test_503_at_once_when_postgresql_is_unreachable(gateway_env: dict[str, str]) -> None:
+    settings = load_settings(
+        {**gateway_env, "DATABASE_URL": f"postgresql://gateway:gateway@127.0.0.1:{free_port()}/gateway"}
+    )
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        async with httpx.AsyncClient(base_url=runtime.url("transaction")) as client:
+            started = trio.current_time()
+            refused = await client.post("/api/v1/transactions", json=PAYMENT)
+            elapsed = trio.current_time() - started
+            ready = await client.get("/ready")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "database unavailable" in refused.json()["detail"]
+        assert elapsed < 2.0
+        assert ready.status_code == 503
+        runtime.shutdown()
