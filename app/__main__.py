@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         trio.run(run, settings)
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

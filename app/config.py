@@ -37,6 +37,8 @@ class ProfileSettings:
     retry_backoff_max_ms: int = 1000 * MILLISECONDS
     delivery_timeout_ms: int = 30_000 * MILLISECONDS
     idempotence: bool = False
+    # Events per second accepted on the shipper's routes; 0 disables the limit.
+    rate_limit: float = 50_000.0
     # The bound on events accepted (202) but not yet acknowledged by Kafka, in count and bytes.
     buffer_events: int = 100_000
     buffer_bytes: int = 64 * MIB
@@ -51,7 +53,7 @@ def _application_profile() -> ProfileSettings:
 
 
 def _infrastructure_profile() -> ProfileSettings:
-    return ProfileSettings(topic="infrastructure-logs")
+    return ProfileSettings(topic="infrastructure-logs", rate_limit=10_000.0)
 
 
 def _transaction_profile() -> ProfileSettings:
@@ -60,6 +62,7 @@ def _transaction_profile() -> ProfileSettings:
         acks="all",
         idempotence=True,
         retries=2_147_483_647,
+        rate_limit=10_000.0,
         buffer_events=20_000,
         buffer_bytes=16 * MIB,
     )
@@ -77,6 +80,14 @@ class Settings:
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_client_id: str = "kafka-log-gateway"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_ca_location: str = ""
+    kafka_ssl_certificate_location: str = ""
+    kafka_ssl_key_location: str = ""
+    kafka_ssl_key_password: str = ""
     topic_partitions: int = 3
     # -1 lets the broker choose (its default.replication.factor).
     topic_replication_factor: int = -1
@@ -100,6 +111,11 @@ class Settings:
     outbox_kafka_timeout: float = 10 * SECONDS
     outbox_retention_hours: float = 168.0
     outbox_relay_id: str = ""
+
+    breaker_failures: int = 10
+    breaker_open_seconds: float = 5 * SECONDS
+    api_keys: str = ""
+    api_keys_file: str = ""
 
     ready_timeout: float = 2 * SECONDS
     graceful_timeout: float = 5 * SECONDS
@@ -181,5 +197,15 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{name.upper()}_COMPRESSION {profile.compression!r} is unknown")
     if settings.max_event_bytes > settings.max_request_bytes:
         raise SettingsError("MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES")
+        if profile.rate_limit < 0:
+            raise SettingsError(f"{name.upper()}_RATE_LIMIT cannot be negative")
+    if settings.kafka_security_protocol.upper() not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+        raise SettingsError("KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    if settings.kafka_sasl_mechanism and settings.kafka_sasl_mechanism.upper() not in {
+        "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512",
+    }:
+        raise SettingsError("KAFKA_SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    if settings.breaker_failures < 1:
+        raise SettingsError("BREAKER_FAILURES must be at least 1")
     if settings.topic_partitions < 1:
         raise SettingsError("TOPIC_PARTITIONS must be at least 1")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
+from app.breaker import BreakerState, CircuitBreaker
 from app.config import ProfileSettings
 from app.kafka.errors import KafkaUnavailable
 from app.kafka.producer import Deliveries, Failure, KafkaProducer, Record
@@ -32,9 +33,20 @@ POLL_INTERVAL = 0.05
 READY_CACHE_SECONDS = 1.0
 
 
+# Errors a dead letter cannot recover from by being sent again.
+PERMANENT_ERRORS = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_MSG", "INVALID_MSG_SIZE", "INVALID_RECORD",
+        "RECORD_LIST_TOO_LARGE", "CORRUPT_MESSAGE", "TOPIC_AUTHORIZATION_FAILED", "UNKNOWN_TOPIC_OR_PART",
+        "_UNKNOWN_TOPIC", "_INVALID_ARG",
+    }
+)
+
+
 class Outcome(enum.Enum):
     ACCEPTED = "accepted"
     FULL = "full"
+    UNAVAILABLE = "unavailable"
     CLOSED = "closed"
 
 
@@ -55,12 +67,19 @@ class ProducerProfile:
         metrics: Metrics,
         *,
         flush_timeout: float,
+        breaker: CircuitBreaker | None = None,
+        recreate: Callable[[], KafkaProducer] | None = None,
+        probe_timeout: float = 2.0,
     ) -> None:
         self.name = name
         self.settings = settings
         self.topic = settings.topic
         self.dead_letter_topic = settings.dead_letter_topic
         self._producer = producer
+        self._retired: list[KafkaProducer] = []
+        self._recreate = recreate
+        self._probe_timeout = probe_timeout
+        self.breaker = breaker or CircuitBreaker(failure_threshold=10, open_seconds=5.0, clock=trio.current_time)
         self._metrics = metrics
         self._flush_timeout = flush_timeout
         self._send, self._receive = trio.open_memory_channel[Submission](settings.buffer_events)
@@ -78,6 +97,7 @@ class ProducerProfile:
         metrics.buffer_events.labels(name).set_function(lambda: self.buffered_events)
         metrics.buffer_bytes.labels(name).set_function(lambda: self.buffered_bytes)
         metrics.buffer_fill.labels(name).set_function(self.fill)
+        metrics.breaker_state.labels(name).set_function(lambda: self.breaker.state.value)
 
     # -- admission (trio thread, never waits) ---------------------------------------
 
@@ -93,6 +113,9 @@ class ProducerProfile:
         if self._closed:
             self._metrics.rejected.labels(self.name, "closed").inc(count)
             return Outcome.CLOSED
+        if not self.breaker.allows():
+            self._metrics.rejected.labels(self.name, "breaker").inc(count)
+            return Outcome.UNAVAILABLE
         if (
             self.buffered_events + count > self.settings.buffer_events
             or self.buffered_bytes + size > self.settings.buffer_bytes
@@ -119,6 +142,7 @@ class ProducerProfile:
         """Produce until closed, then drain and flush within the flush timeout."""
         async with trio.open_nursery() as pollers:
             await pollers.start(self._poll_loop)
+            await pollers.start(self._probe_loop)
             task_status.started()
             with self._drain_scope:
                 async with self._receive:
@@ -149,7 +173,27 @@ class ProducerProfile:
                 self._producer.poll, POLL_INTERVAL, limiter=self._poll_limiter
             )
             self._apply(deliveries)
+            for retired in list(self._retired):
+                self._apply(await trio.to_thread.run_sync(retired.poll, 0, limiter=self._poll_limiter))
+                if not retired.queued():
+                    self._retired.remove(retired)
             self._retry_dead_letters()
+
+    async def _probe_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """While the breaker is half-open, ask Kafka for metadata: its answer closes the breaker."""
+        task_status.started()
+        while True:
+            await trio.sleep(0.25)
+            if self.breaker.state is not BreakerState.HALF_OPEN:
+                continue
+            try:
+                with trio.fail_after(self._probe_timeout + 1.0):
+                    await trio.to_thread.run_sync(self._producer.topics, self._probe_timeout, limiter=self._probe_limiter)
+            except (KafkaUnavailable, trio.TooSlowError) as error:
+                self.breaker.probe_failed(str(error) or "no answer")
+            else:
+                log.info("%s: Kafka answers again; circuit breaker closed", self.name)
+                self.breaker.probe_succeeded()
 
     async def _flush(self) -> None:
         remaining_time = min(self._flush_timeout, max(1.0, self._drain_scope.deadline - trio.current_time()))
@@ -170,6 +214,8 @@ class ProducerProfile:
     # -- delivery reports (trio thread) ----------------------------------------------
 
     def _apply(self, deliveries: Deliveries) -> None:
+        if deliveries.delivered:
+            self.breaker.record_success()
         for topic, count in deliveries.delivered.items():
             self._metrics.producer_success.labels(self.name, topic).inc(count)
             if topic == self.dead_letter_topic:
@@ -186,6 +232,11 @@ class ProducerProfile:
             self._metrics.client_errors.labels(self.name, name).inc()
             self.last_client_error = f"{name}: {reason}"
             log.log(logging.ERROR if fatal else logging.WARNING, "%s producer: %s: %s", self.name, name, reason)
+            if name == "_ALL_BROKERS_DOWN":
+                self.breaker.trip("all brokers are down")
+            if fatal:
+                self.breaker.trip(f"fatal producer error {name}")
+                self._replace_producer()
         if deliveries.settled:
             self._room.set()
 
@@ -193,11 +244,15 @@ class ProducerProfile:
         for failure in failures:
             self._metrics.producer_error.labels(self.name, failure.topic, failure.error).inc()
             if failure.topic == self.dead_letter_topic:
+                if failure.error not in PERMANENT_ERRORS and not self._closed:
+                    self._pending_dead_letters.append(failure.record)  # Kafka away: send it again
+                    continue
                 log.error("%s: dead letter lost: %s", self.name, failure.reason)
                 self._metrics.lost.labels(self.name).inc()
                 self.buffered_events -= 1
                 self.buffered_bytes -= failure.record.size
                 continue
+            self.breaker.record_failure(failure.error)
             # Stays counted in the buffer until its dead letter settles.
             headers = [h for h in failure.record.headers if not h[0].startswith("dlq-")]
             headers += [
@@ -206,6 +261,14 @@ class ProducerProfile:
                 ("dlq-original-topic", failure.topic.encode()),
             ]
             self._pending_dead_letters.append(Record(failure.record.key, failure.record.value, headers))
+
+    def _replace_producer(self) -> None:
+        """After a fatal error: a new producer takes new records; the old one is polled until empty."""
+        if self._recreate is None:
+            return
+        self._retired.append(self._producer)
+        self._producer = self._recreate()
+        log.warning("%s: producer recreated after a fatal error", self.name)
 
     def _retry_dead_letters(self) -> None:
         if not self._pending_dead_letters:
@@ -234,6 +297,8 @@ class ProducerProfile:
 
     async def probe(self, timeout: float) -> str | None:
         """None when Kafka's metadata is reachable and has the topic; otherwise the reason."""
+        if not self.breaker.allows():
+            return f"circuit breaker {self.breaker.state.name.lower()}: {self.breaker.reason}"
         if trio.current_time() - self._probe_at < READY_CACHE_SECONDS:
             return self._probe_result
         async with self._probe_limiter:

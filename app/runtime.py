@@ -22,11 +22,15 @@ import hypercorn.trio
 import trio
 from quart_trio import QuartTrio
 
+from app.admission import Admission
+from app.auth import ApiKeys, load_api_keys
+from app.breaker import CircuitBreaker
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.app import route_in_process
 from app.http.listener import ReadyCheck, create_listener_app
 from app.kafka.admin import TopicSpec, maintain_topics
+from app.kafka.connection import connection_config
 from app.kafka.producer import KafkaProducer, producer_config
 from app.observability.metrics import Metrics
 from app.outbox.relay import Relay
@@ -66,23 +70,31 @@ CHANNEL_PROFILES = ("application", "infrastructure")
 def profile_producer_config(settings: Settings, name: str) -> dict[str, Any]:
     return producer_config(
         settings.profiles()[name],
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        connection=connection_config(settings),
         client_id=f"{settings.kafka_client_id}-{name}",
         max_message_bytes=max(1_000_000, settings.max_event_bytes + 64 * 1024),
     )
 
 
 def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerProfile]:
-    return {
-        name: ProducerProfile(
+    def profile(name: str) -> ProducerProfile:
+        config = profile_producer_config(settings, name)
+        return ProducerProfile(
             name,
             settings.profiles()[name],
-            KafkaProducer(profile_producer_config(settings, name)),
+            KafkaProducer(config),
             metrics,
             flush_timeout=settings.flush_timeout,
+            breaker=CircuitBreaker(
+                failure_threshold=settings.breaker_failures,
+                open_seconds=settings.breaker_open_seconds,
+                clock=trio.current_time,
+            ),
+            recreate=lambda: KafkaProducer(config),
+            probe_timeout=settings.ready_timeout,
         )
-        for name in CHANNEL_PROFILES
-    }
+
+    return {name: profile(name) for name in CHANNEL_PROFILES}
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -137,7 +149,11 @@ def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
 
 
 def build_apps(
-    settings: Settings, metrics: Metrics, profiles: dict[str, ProducerProfile], outbox: Outbox | None
+    settings: Settings,
+    metrics: Metrics,
+    profiles: dict[str, ProducerProfile],
+    outbox: Outbox | None,
+    api_keys: ApiKeys | None,
 ) -> dict[str, tuple[QuartTrio, int]]:
     """The Quart app and port of each listener."""
 
@@ -147,6 +163,16 @@ def build_apps(
     def listener(name: str, checks: Sequence[ReadyCheck]) -> QuartTrio:
         return create_listener_app(name, metrics, checks, max_request_bytes=settings.max_request_bytes)
 
+    def admission(name: str) -> Admission:
+        return Admission(
+            name,
+            metrics,
+            rate_limit=settings.profiles()[name].rate_limit,
+            burst=settings.max_batch_events,
+            api_keys=api_keys,
+            clock=trio.current_time,
+        )
+
     application = ApplicationShipper(
         settings,
         Submitter(
@@ -155,8 +181,9 @@ def build_apps(
             retry_after_seconds=settings.retry_after_seconds,
             max_event_bytes=settings.max_event_bytes,
         ),
+        admission("application"),
     )
-    transaction = TransactionShipper(settings, outbox.writer if outbox else None)
+    transaction = TransactionShipper(settings, outbox.writer if outbox else None, admission("transaction"))
 
     async def no_database() -> str:
         return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
@@ -207,6 +234,7 @@ async def run(
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until shut down. Reports a :class:`Runtime` once every listener is up."""
+    api_keys = load_api_keys(settings, trio.current_time)  # a bad key file stops start-up here
     metrics = Metrics()
     profiles = build_profiles(settings, metrics)
     outbox = build_outbox(settings, metrics)
@@ -218,7 +246,7 @@ async def run(
         await background.start(
             partial(
                 maintain_topics,
-                settings.kafka_bootstrap_servers,
+                connection_config(settings),
                 topic_specs(settings),
                 replication_factor=settings.topic_replication_factor,
                 timeout=max(settings.ready_timeout, 5.0),
@@ -232,7 +260,7 @@ async def run(
         async with trio.open_nursery() as producers:
             for profile in profiles.values():
                 await producers.start(profile.run)
-            apps = build_apps(settings, metrics, profiles, outbox)
+            apps = build_apps(settings, metrics, profiles, outbox, api_keys)
             async with trio.open_nursery() as listeners:
                 addresses: dict[str, list[str]] = {}
                 for name in LISTENERS:

@@ -24,7 +24,7 @@ class TopicSpec:
 
 
 def ensure_topics(
-    bootstrap_servers: str,
+    connection: dict[str, Any],
     topics: Iterable[TopicSpec],
     *,
     replication_factor: int,
@@ -36,7 +36,7 @@ def ensure_topics(
     reason other than the topic already existing.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
+        **connection,
         "socket.timeout.ms": int(timeout * 1000),
         "logger": logging.getLogger("librdkafka"),
     }
@@ -73,7 +73,7 @@ def ensure_topics(
 
 
 async def maintain_topics(
-    bootstrap_servers: str,
+    connection: dict[str, Any],
     topics: list[TopicSpec],
     *,
     replication_factor: int,
@@ -87,7 +87,7 @@ async def maintain_topics(
         try:
             await trio.to_thread.run_sync(
                 lambda: ensure_topics(
-                    bootstrap_servers,
+                    connection,
                     topics,
                     replication_factor=replication_factor,
                     timeout=timeout,

@@ -67,11 +67,11 @@ class Deliveries:
 
 
 def producer_config(
-    profile: ProfileSettings, *, bootstrap_servers: str, client_id: str, max_message_bytes: int
+    profile: ProfileSettings, *, connection: dict[str, Any], client_id: str, max_message_bytes: int
 ) -> dict[str, Any]:
     """The librdkafka configuration of a profile."""
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
+        **connection,
         "client.id": client_id,
         "acks": profile.acks,
         "compression.type": profile.compression,

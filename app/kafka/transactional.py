@@ -19,6 +19,7 @@ from typing import Any
 import confluent_kafka
 import msgspec
 
+from app.kafka.connection import only_connection
 from app.kafka.errors import KafkaError, KafkaUnavailable
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class TransactionalPublisher:
     """One transactional producer; discard it after any failure and open a new one."""
 
     def __init__(self, config: dict[str, Any], *, transactional_id: str, checkpoint_topic: str) -> None:
-        self._bootstrap = config["bootstrap.servers"]
+        self._connection = only_connection(config)
         self._checkpoint_topic = checkpoint_topic
         conf = dict(config)
         conf["transactional.id"] = transactional_id
@@ -125,7 +126,7 @@ class TransactionalPublisher:
     def _read_checkpoint(self, timeout: float) -> Checkpoint | None:
         consumer = confluent_kafka.Consumer(
             {
-                "bootstrap.servers": self._bootstrap,
+                **self._connection,
                 "group.id": f"outbox-relay-recovery-{uuid.uuid4().hex}",
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,

@@ -60,6 +60,10 @@ class Metrics:
             "producer_buffer_fill_ratio", "Fill of the profile's buffer, the larger of events and bytes.",
             ["service"], registry=r,
         )
+        self.breaker_state = Gauge(
+            "producer_circuit_breaker_state", "Circuit breaker of a profile: 0 closed, 1 open, 2 half-open.",
+            ["service"], registry=r,
+        )
         self.http_requests = Counter(
             "http_requests", "HTTP requests by listener, route and status.", ["listener", "route", "status"], registry=r
         )

@@ -7,6 +7,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from app import events
+from app.admission import Admission
 from app.config import Settings
 from app.http.body import JSON, NDJSON, media_type, read_body
 from app.kafka.producer import Record
@@ -20,9 +21,10 @@ LOGS_BATCH_ROUTE = "/api/v1/logs/batch"
 class ApplicationShipper:
     """Routes of the application-log shipper, bound to its producer profile."""
 
-    def __init__(self, settings: Settings, submitter: Submitter) -> None:
+    def __init__(self, settings: Settings, submitter: Submitter, admission: Admission) -> None:
         self._settings = settings
         self._submitter = submitter
+        self._admission = admission
         self._encoder = msgspec.json.Encoder()
 
     def register(self, app: QuartTrio) -> None:
@@ -37,12 +39,15 @@ class ApplicationShipper:
         )
 
     async def post_log(self) -> Response:
+        key = self._admission.authenticate()
         media_type(request, {JSON})
         body = await self._body()
         event = decode_or_raise(lambda: events.decode_log(body))
+        self._admission.admit(key, 1)
         return self._submit([event], single=True)
 
     async def post_log_batch(self) -> Response:
+        key = self._admission.authenticate()
         kind = media_type(request, {JSON, NDJSON})
         body = await self._body()
         limit = self._settings.max_batch_events
@@ -50,6 +55,7 @@ class ApplicationShipper:
             logs = decode_or_raise(lambda: events.decode_log_ndjson(body, limit))
         else:
             logs = decode_or_raise(lambda: events.decode_log_batch(body, limit))
+        self._admission.admit(key, len(logs))
         return self._submit(logs, single=False)
 
     def _submit(self, logs: list[events.LogIn], *, single: bool) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
@@ -72,6 +73,13 @@ class Submitter:
                 "buffer full",
                 f"the {self.profile.name} buffer is full; retry later",
                 headers={"Retry-After": self._retry_after},
+            )
+        if outcome is Outcome.UNAVAILABLE:
+            raise HTTPError(
+                503,
+                "kafka unavailable",
+                f"the {self.profile.name} circuit breaker is open ({self.profile.breaker.reason}); retry later",
+                headers={"Retry-After": str(max(1, math.ceil(self.profile.breaker.retry_after())))},
             )
         if outcome is Outcome.CLOSED:
             raise HTTPError(

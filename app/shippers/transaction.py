@@ -14,6 +14,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from app import events
+from app.admission import Admission
 from app.config import Settings
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted, IdempotencyConflict, OutboxEntry, RetryableConflict
@@ -33,9 +34,10 @@ _canonical = msgspec.json.Encoder(order="sorted").encode
 class TransactionShipper:
     """Routes of the transaction shipper, bound to the outbox writer (None: no database configured)."""
 
-    def __init__(self, settings: Settings, writer: OutboxWriter | None) -> None:
+    def __init__(self, settings: Settings, writer: OutboxWriter | None, admission: Admission) -> None:
         self._settings = settings
         self._writer = writer
+        self._admission = admission
         self._topic = settings.transaction.topic
         self._encoder = msgspec.json.Encoder()
         self._retry_after = str(settings.retry_after_seconds)
@@ -66,21 +68,25 @@ class TransactionShipper:
         )
 
     async def post_transaction(self) -> Response:
+        api_key = self._admission.authenticate()
         writer = self._writer_or_503()
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise HTTPError(400, "invalid Idempotency-Key", f"it must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
         body = await self._body()
         transaction = decode_or_raise(lambda: events.decode_transaction(body))
+        self._admission.admit(api_key, 1)
         trace = request_trace()
         [accepted] = await self._write(writer, [self._entry(transaction, key, trace, received_at())])
         return self._answer(trace, [accepted], single=True)
 
     async def post_transaction_batch(self) -> Response:
+        api_key = self._admission.authenticate()
         writer = self._writer_or_503()
         body = await self._body()
         limit = self._settings.max_batch_events
         transactions = decode_or_raise(lambda: events.decode_transaction_batch(body, limit))
+        self._admission.admit(api_key, len(transactions))
         trace = request_trace()
         now = received_at()
         entries = [self._entry(t, t.idempotencyKey, trace, now) for t in transactions]
@@ -88,6 +94,7 @@ class TransactionShipper:
         return self._answer(trace, accepted, single=False)
 
     async def get_transaction(self, event_id: str) -> Response:
+        self._admission.authenticate()
         writer = self._writer_or_503()
         try:
             parsed = uuid.UUID(event_id)

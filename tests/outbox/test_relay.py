@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import outbox as store
 from app.db.database import apply_migrations
 from app.kafka.admin import ensure_topics
+from app.kafka.connection import connection_config
 from app.kafka.transactional import OutgoingRecord, TransactionalPublisher
 from app.observability.metrics import Metrics
 from app.outbox.relay import Relay
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def prepared(settings: Settings) -> Iterator[psycopg.Connection[object]]:
     apply_migrations(settings.database_url, timeout=5)
-    ensure_topics(settings.kafka_bootstrap_servers, topic_specs(settings), replication_factor=-1, timeout=10)
+    ensure_topics(connection_config(settings), topic_specs(settings), replication_factor=-1, timeout=10)
     conn = store.connect(settings.database_url, timeout=5)
     yield conn
     conn.close()
