@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from functools import partial
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,10 +95,9 @@ class KafkaProducer:
     """A long-lived producer. Blocking methods are marked; call them off the trio thread."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self._reports: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._reports: collections.deque[tuple[Record, Any, Any]] = collections.deque()
         self._client_errors: collections.deque[Any] = collections.deque()
         conf = dict(config)
-        conf["on_delivery"] = self._on_delivery
         conf["error_cb"] = self._client_errors.append
         # librdkafka's log lines are queued and served by poll(), in the poll thread.
         conf["logger"] = logging.getLogger("librdkafka")
@@ -107,8 +107,10 @@ class KafkaProducer:
         except confluent_kafka.KafkaException as error:
             raise KafkaConfigError(str(error.args[0])) from None
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        self._reports.append((err, msg))
+    def _on_delivery(self, record: Record, err: Any, msg: Any) -> None:
+        # Bound to its record: delivery reports carry no headers (confluent-kafka-python #574),
+        # and the record saves copying key and value back out of librdkafka.
+        self._reports.append((record, err, msg))
 
     def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
         """Hand ``records[start:]`` to librdkafka without blocking.
@@ -117,12 +119,16 @@ class KafkaProducer:
         full: back off, poll, and call again from there) and the records it refused outright.
         """
         produce = self._producer.produce
+        report = self._on_delivery
         failures: list[Failure] = []
         index = start
         for index in range(start, len(records)):
             record = records[index]
             try:
-                produce(topic, record.value, record.key, headers=record.headers)  # type: ignore[arg-type]
+                produce(
+                    topic, record.value, record.key, headers=record.headers,  # type: ignore[arg-type]
+                    on_delivery=partial(report, record),
+                )
             except BufferError:
                 return index, failures
             except confluent_kafka.KafkaException as error:
@@ -158,18 +164,15 @@ class KafkaProducer:
         out = Deliveries()
         reports = self._reports
         while reports:
-            err, msg = reports.popleft()
+            record, err, msg = reports.popleft()
             topic = msg.topic()
             if err is None:
                 out.delivered[topic] += 1
-                value = msg.value()
-                key = msg.key()
-                out.delivered_bytes += (len(value) if value else 0) + (len(key) if key else 0)
+                out.delivered_bytes += record.size
                 latency = msg.latency()
                 if latency is not None:
                     out.latencies.setdefault(topic, []).append(latency)
             else:
-                record = Record(msg.key() or b"", msg.value() or b"", list(msg.headers() or []))
                 out.failures.append(Failure(topic, record, err.name(), err.str(), err.fatal()))
         errors = self._client_errors
         while errors:
