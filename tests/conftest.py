@@ -133,28 +133,44 @@ def kafka(infra: Infra) -> Iterator[KafkaReader]:
 
 
 class PrivateKafka:
-    """A single-node Kafka of one test module's own, on other ports, that a test may stop and start."""
+    """A Kafka of one test module's own (one node or three), on other ports, for fault tests."""
 
-    def __init__(self, directory: Path, port_base: int) -> None:
+    def __init__(self, directory: Path, port_base: int, nodes: int = 1) -> None:
         self.env = {**os.environ, "INFRA_DIR": str(directory), "KAFKA_PORT_BASE": str(port_base)}
-        self.bootstrap_servers = f"127.0.0.1:{port_base}"
+        self.nodes = nodes
+        self.bootstrap_servers = ",".join(f"127.0.0.1:{port_base + 2 * n}" for n in range(nodes))
 
     def _infra(self, *args: str) -> None:
         subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "infra.py"), *args, "--no-postgres"],
+            [sys.executable, str(ROOT / "scripts" / "infra.py"), *args, "--kafka-nodes", str(self.nodes)],
             check=True, env=self.env, stdout=subprocess.DEVNULL, timeout=300,
         )
 
     def up(self) -> None:
-        self._infra("up")
+        self._infra("up", "--no-postgres")
 
     def down(self) -> None:
-        self._infra("down")
+        self._infra("down", "--no-postgres")
+
+    def kill_broker(self, node: int) -> None:
+        self._infra("kill-broker", str(node))
+
+    def start_broker(self, node: int) -> None:
+        self._infra("start-broker", str(node))
 
 
 @pytest.fixture(scope="module")
 def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
     kafka = PrivateKafka(ROOT / ".local" / "private-kafka", port_base=19092)
+    kafka.up()
+    yield kafka
+    kafka.down()
+
+
+@pytest.fixture(scope="module")
+def private_cluster() -> Iterator[PrivateKafka]:
+    """Three Kafka nodes: replication factor 3, min.insync.replicas=2."""
+    kafka = PrivateKafka(ROOT / ".local" / "private-cluster", port_base=19192, nodes=3)
     kafka.up()
     yield kafka
     kafka.down()

@@ -74,10 +74,11 @@ class TransactionStream:
     process or refused with 503 are sent again with the same key, as a client should.
     """
 
-    def __init__(self, urls: list[str], total: int, workers: int = 8) -> None:
+    def __init__(self, urls: list[str], total: int, workers: int = 8, pace: float = 0.0) -> None:
         self.urls = urls
         self.total = total
         self.workers = workers
+        self.pace = pace  # seconds each worker waits after an answered request
         self.accepted: dict[str, str] = {}
         self.retries = 0
         self._next = 0
@@ -103,6 +104,7 @@ class TransactionStream:
                     response = None
                 if response is not None and response.status_code == 202:
                     self.accepted[response.json()["eventId"]] = key
+                    await trio.sleep(self.pace)
                     break
                 assert response is None or response.status_code == 503, response.text
                 self.retries += 1
