@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
 import trio
 
-from app.config import SettingsError, load_settings
+from app.config import Settings, SettingsError, load_settings
 from app.outbox import cli as outbox_cli
 from app.runtime import run
+
+
+async def serve(settings: Settings) -> None:
+    """Run the gateway; once it is up, keep its long-lived objects out of the collector's way."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run, settings)
+        # Everything built so far lives as long as the process: leave it out of the collector's
+        # scans, and collect less often. Measured: this takes GC pauses off the p99 under load.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        trio.run(run, settings)
+        trio.run(serve, settings)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

@@ -42,8 +42,10 @@ class ApplicationShipper:
         key = self._admission.authenticate()
         media_type(request, {JSON})
         body = await self._body()
-        event = decode_or_raise(lambda: events.decode_log(body))
+        # One event: refused before decoding. (After reading the body: an unread body would
+        # cost the client its keep-alive connection.)
         self._admission.admit(key, 1)
+        event = decode_or_raise(lambda: events.decode_log(body))
         return self._submit([event], single=True)
 
     async def post_log_batch(self) -> Response:

@@ -74,8 +74,8 @@ class TransactionShipper:
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise HTTPError(400, "invalid Idempotency-Key", f"it must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
         body = await self._body()
+        self._admission.admit(api_key, 1)  # one event: refused before decoding
         transaction = decode_or_raise(lambda: events.decode_transaction(body))
-        self._admission.admit(api_key, 1)
         trace = request_trace()
         [accepted] = await self._write(writer, [self._entry(transaction, key, trace, received_at())])
         return self._answer(trace, [accepted], single=True)
