@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions
+.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -48,6 +48,10 @@ infra-down:
 
 infra-status:
 	@$(INFRA) status
+
+## bench-overload: p99 of accepted requests at half and at twice the rate limit, as a table
+bench-overload: venv
+	$(PY) scripts/bench_overload.py
 
 ## bench-transactions: end-to-end transaction ingest (hey) and the outbox driver comparison, as tables
 bench-transactions: venv
