@@ -74,6 +74,9 @@ _batch_decoder: Final = msgspec.json.Decoder(LogBatchIn)
 _any_decoder: Final = msgspec.json.Decoder()
 
 
+TOO_DEEP: Final = "the JSON is nested too deeply"
+
+
 def _schema_error(index: int | None, error: msgspec.ValidationError) -> dict[str, Any]:
     entry: dict[str, Any] = {"message": str(error)}
     if index is not None:
@@ -95,6 +98,8 @@ def decode_log(body: bytes) -> LogIn:
     """Decode one log event from a JSON body."""
     try:
         return _log_decoder.decode(body)
+    except RecursionError:
+        raise InvalidEvents([{"message": TOO_DEEP}]) from None
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
@@ -110,6 +115,8 @@ def _decode_items(items: Sequence[bytes | msgspec.Raw], max_events: int) -> list
     for index, item in enumerate(items):
         try:
             events.append(_log_decoder.decode(item))
+        except RecursionError:
+            errors.append({"index": index, "message": TOO_DEEP})
         except msgspec.ValidationError as error:
             if len(errors) < MAX_ERRORS_REPORTED:
                 errors.append(_schema_error(index, error))
@@ -124,6 +131,8 @@ def decode_log_batch(body: bytes, max_events: int) -> list[LogIn]:
     """Decode ``{"logs": [...]}``; every invalid index is reported, none is accepted."""
     try:
         batch = _batch_decoder.decode(body)
+    except RecursionError:
+        raise InvalidEvents([{"message": TOO_DEEP}]) from None
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
@@ -222,6 +231,8 @@ _transaction_batch_decoder: Final = msgspec.json.Decoder(TransactionBatchIn)
 def decode_transaction(body: bytes) -> TransactionIn:
     try:
         return _transaction_decoder.decode(body)
+    except RecursionError:
+        raise InvalidEvents([{"message": TOO_DEEP}]) from None
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
@@ -231,6 +242,8 @@ def decode_transaction_batch(body: bytes, max_events: int) -> list[TransactionBa
     """Decode ``{"transactions": [...]}``; every invalid index is reported, none is accepted."""
     try:
         batch = _transaction_batch_decoder.decode(body)
+    except RecursionError:
+        raise InvalidEvents([{"message": TOO_DEEP}]) from None
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
@@ -244,6 +257,8 @@ def decode_transaction_batch(body: bytes, max_events: int) -> list[TransactionBa
     for index, item in enumerate(items):
         try:
             decoded.append(_transaction_item_decoder.decode(item))
+        except RecursionError:
+            errors.append({"index": index, "message": TOO_DEEP})
         except msgspec.ValidationError as error:
             if len(errors) < MAX_ERRORS_REPORTED:
                 errors.append(_schema_error(index, error))

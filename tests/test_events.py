@@ -71,3 +71,19 @@ def test_ndjson_skips_blank_lines_and_rejects_a_bad_line() -> None:
     with pytest.raises(events.InvalidEvents) as info:
         events.decode_log_ndjson(one + b'\n{"source":"a"}\n', 10)
     assert info.value.errors[0]["index"] == 1
+
+
+@pytest.mark.parametrize("depth", [2_000, 1_000_000])
+def test_json_nested_too_deeply_is_a_schema_error_not_a_crash(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    for decode in (
+        lambda: events.decode_log(b'{"source":"a","level":"INFO","message":"m","attributes":{"x":' + nested + b"}}"),
+        lambda: events.decode_log_batch(b'{"logs":[' + nested + b"]}", 10),
+        lambda: events.decode_log_ndjson(nested, 10),
+        lambda: events.decode_transaction(b'{"userId":"u","type":"PAYMENT","amount":1,"currency":"USD","metadata":{"x":' + nested + b"}}"),
+        lambda: events.decode_transaction_batch(b'{"transactions":[' + nested + b"]}", 10),
+    ):
+        with pytest.raises(events.InvalidEvents):
+            decode()
+    with pytest.raises(events.InvalidEvents, match="nested too deeply"):
+        events.decode_log(b'{"source":"a","level":"INFO","message":"m","attributes":{"x":' + nested + b"}}")
