@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import httpx
+import psycopg
 import trio
 
-from tests.conftest import ROOT, wait_ready
+from tests.conftest import ROOT, Infra, schema_url, unique_topics_env, wait_ready
 
 
 def free_port() -> int:
@@ -109,3 +113,49 @@ class TransactionStream:
                 assert response is None or response.status_code == 503, response.text
                 self.retries += 1
                 await trio.sleep(0.05)
+
+
+@dataclass
+class RunningGateway:
+    urls: dict[str, str]
+    pid: int
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def running_gateway(infra: Infra, **env: str) -> Iterator[RunningGateway]:
+    """A gateway process (sync, for module fixtures) with topics and a database schema of its own."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(infra.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    ports = {name: free_port() for name in ("gateway", "application", "infrastructure", "transaction")}
+    full_env = {
+        **os.environ,
+        **unique_topics_env("mod"),
+        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
+        "DATABASE_URL": schema_url(infra.database_url, schema),
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if all(httpx.get(f"{urls[name]}/ready").status_code == 200 for name in ("gateway", "application", "transaction")):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not become ready"
+            time.sleep(0.2)
+        yield RunningGateway(urls, process.pid, full_env)
+        process.terminate()
+        assert process.wait(timeout=60) == 0, "the gateway exited cleanly"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        with psycopg.connect(infra.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

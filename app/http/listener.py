@@ -15,6 +15,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from app.http import openapi
 from app.http.errors import HTTPError, error_response, json_response
 from app.observability.metrics import Metrics
 
@@ -79,6 +80,10 @@ def create_listener_app(
         if reasons:
             return json_response({"status": "unavailable", "listener": name, "reasons": reasons}, 503)
         return json_response({"status": "ready", "listener": name}, 200)
+
+    @app.get("/openapi.json")
+    async def openapi_document() -> Response:
+        return json_response(openapi.document(app, name), 200)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

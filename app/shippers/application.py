@@ -9,6 +9,7 @@ from quart_trio import QuartTrio
 from app import events
 from app.admission import Admission
 from app.config import Settings
+from app.http import openapi
 from app.http.body import JSON, NDJSON, media_type, read_body
 from app.kafka.producer import Record
 from app.observability.tracing import TraceContext
@@ -30,6 +31,17 @@ class ApplicationShipper:
     def register(self, app: QuartTrio) -> None:
         app.add_url_rule(LOGS_ROUTE, "post_log", self.post_log, methods=["POST"])
         app.add_url_rule(LOGS_BATCH_ROUTE, "post_log_batch", self.post_log_batch, methods=["POST"])
+        openapi.add_paths(
+            app,
+            {
+                LOGS_ROUTE: openapi.ingest("one application log event", {JSON: {"schema": openapi.ref("LogIn")}}, "Accepted"),
+                LOGS_BATCH_ROUTE: openapi.ingest(
+                    "a batch of application log events, all or nothing",
+                    {JSON: {"schema": openapi.ref("LogBatch")}, NDJSON: {"schema": {"type": "string"}}},
+                    "BatchAccepted",
+                ),
+            },
+        )
 
     async def _body(self) -> bytes:
         return await read_body(

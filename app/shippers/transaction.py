@@ -18,6 +18,7 @@ from app.admission import Admission
 from app.config import Settings
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted, IdempotencyConflict, OutboxEntry, RetryableConflict
+from app.http import openapi
 from app.http.body import JSON, media_type, read_body
 from app.http.errors import HTTPError, json_response
 from app.observability.tracing import TraceContext
@@ -49,6 +50,32 @@ class TransactionShipper:
         )
         app.add_url_rule(
             f"{TRANSACTIONS_ROUTE}/<event_id>", "get_transaction", self.get_transaction, methods=["GET"]
+        )
+        error = {"content": {JSON: {"schema": openapi.ref("ErrorAnswer")}}}
+        openapi.add_paths(
+            app,
+            {
+                TRANSACTIONS_ROUTE: openapi.ingest(
+                    "one financial event, answered once committed", {JSON: {"schema": openapi.ref("TransactionIn")}},
+                    "Accepted", conflict=True,
+                ),
+                TRANSACTIONS_BATCH_ROUTE: openapi.ingest(
+                    "financial events, all or nothing", {JSON: {"schema": openapi.ref("TransactionBatch")}},
+                    "BatchAccepted", conflict=True,
+                ),
+                f"{TRANSACTIONS_ROUTE}/{{eventId}}": {
+                    "get": {
+                        "summary": "where a transaction stands",
+                        "parameters": [{"name": "eventId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                        "responses": {
+                            "200": {"description": "pending or published", "content": {JSON: {"schema": openapi.ref("TransactionStatus")}}},
+                            "401": {"description": "no valid API key", **error},
+                            "404": {"description": "no such event", **error},
+                            "503": {"description": "database unavailable", **error},
+                        },
+                    }
+                },
+            },
         )
 
     def _unavailable(self, detail: str) -> HTTPError:

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, Infra, schema_url, unique_topics_env
+from tests.conftest import Infra
 from tests.kafka_reader import KafkaReader
-from tests.processes import free_port
+from tests.processes import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -46,37 +42,9 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(infra: Infra) -> Iterator[Target]:
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(infra.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    ports = {name: free_port() for name in ("GATEWAY", "APPLICATION", "INFRASTRUCTURE", "TRANSACTION")}
-    env = {
-        **os.environ,
-        **unique_topics_env("hostile"),
-        **{f"{name}_PORT": str(port) for name, port in ports.items()},
-        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
-        "DATABASE_URL": schema_url(infra.database_url, schema),
-        "MAX_REQUEST_BYTES": str(1024 * 1024),
-        "MAX_DECOMPRESSED_BYTES": str(4 * 1024 * 1024),
-        "MAX_EVENT_BYTES": str(256 * 1024),
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    urls = [f"http://127.0.0.1:{ports[name]}" for name in ("GATEWAY", "APPLICATION", "TRANSACTION")]
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if all(httpx.get(f"{url}/ready").status_code == 200 for url in urls):
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not become ready"
-        time.sleep(0.2)
-    yield Target(urls, process.pid, env)
-    process.terminate()
-    assert process.wait(timeout=60) == 0, "the gateway exited cleanly after all of it"
-    with psycopg.connect(infra.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    limits = {"MAX_REQUEST_BYTES": str(1024 * 1024), "MAX_DECOMPRESSED_BYTES": str(4 * 1024 * 1024), "MAX_EVENT_BYTES": str(256 * 1024)}
+    with running_gateway(infra, **limits) as gateway:
+        yield Target([gateway.urls[name] for name in ("gateway", "application", "transaction")], gateway.pid, gateway.env)
 
 
 def nested(depth: int) -> bytes:
