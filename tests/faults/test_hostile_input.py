@@ -167,6 +167,16 @@ def test_slow_clients_do_not_hold_up_the_others(target: Target) -> None:
 
 def test_exactly_what_was_accepted_reached_kafka_and_the_outbox(target: Target, infra: Infra) -> None:
     """Runs after the others in this module: nothing from a refused request was written."""
+    # Known-good traffic beside the random one, so the comparison below always has substance.
+    for i in range(20):
+        response = httpx.post(f"{target.urls[0]}/api/v1/logs", json={"source": "ok", "level": "INFO", "message": str(i)})
+        target.accepted_logs.add(response.json()["eventId"])
+    for i in range(5):
+        response = httpx.post(
+            f"{target.urls[2]}/api/v1/transactions",
+            json={"userId": "ok", "type": "DEPOSIT", "amount": i + 1, "currency": "EUR"},
+        )
+        target.accepted_transactions.add(response.json()["eventId"])
     logs = KafkaReader(infra.kafka_bootstrap_servers).read_sync(
         target.env["APPLICATION_TOPIC"],
         until=lambda rs: target.accepted_logs <= {r.headers["event-id"].decode() for r in rs},
@@ -177,5 +187,4 @@ def test_exactly_what_was_accepted_reached_kafka_and_the_outbox(target: Target, 
     with psycopg.connect(target.env["DATABASE_URL"]) as conn:
         stored = {str(row[0]) for row in conn.execute("SELECT event_id FROM outbox")}
     assert stored == target.accepted_transactions
-    assert len(target.accepted_logs) > 10 and stored, "enough requests were valid to make this check count"
     assert psutil.Process(target.pid).memory_info().rss < RSS_LIMIT
