@@ -36,6 +36,7 @@ fi
 have mvn || missing+=(maven)
 [[ -x $PG_SERVER_BIN ]] || missing+=(postgresql)
 have promtool || missing+=(prometheus)
+have openssl || missing+=(openssl)  # the test broker's TLS certificates (KAFKA_SECURE=1)
 # --bench: also the HTTP load tools the benchmarks under scripts/ drive the gateway with.
 if [[ ${1:-} == --bench ]]; then
   have hey || missing+=(hey)

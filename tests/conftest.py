@@ -135,8 +135,12 @@ def kafka(infra: Infra) -> Iterator[KafkaReader]:
 class PrivateKafka:
     """A Kafka of one test module's own (one node or three), on other ports, for fault tests."""
 
-    def __init__(self, directory: Path, port_base: int, nodes: int = 1) -> None:
+    def __init__(self, directory: Path, port_base: int, nodes: int = 1, secure: bool = False) -> None:
         self.env = {**os.environ, "INFRA_DIR": str(directory), "KAFKA_PORT_BASE": str(port_base)}
+        if secure:
+            self.env["KAFKA_SECURE"] = "1"  # SASL_PLAINTEXT, SSL and SASL_SSL listeners; see scripts/infra.py
+        self.directory = directory
+        self.port_base = port_base
         self.nodes = nodes
         self.bootstrap_servers = ",".join(f"127.0.0.1:{port_base + 2 * n}" for n in range(nodes))
 

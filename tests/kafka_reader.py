@@ -22,8 +22,9 @@ class ConsumedRecord:
 
 
 class KafkaReader:
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, config: dict[str, str] | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.config = config or {}  # security settings, for a secured listener
 
     def read_sync(
         self,
@@ -46,6 +47,7 @@ class KafkaReader:
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "topic.metadata.refresh.interval.ms": 1000,
+                **self.config,
             }
         )
         records: list[ConsumedRecord] = []
