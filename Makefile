@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload
+.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload fuzz
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -15,9 +15,13 @@ run: deps venv
 test: deps venv typecheck
 	$(PY) -m pytest
 
+## fuzz: schemathesis drives every listener by its OpenAPI document
+fuzz: deps venv
+	$(PY) -m pytest -m fuzz
+
 ## unit: only the tests that need no broker or database
 unit: venv
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -m "not integration and not fuzz"
 
 typecheck: venv
 	$(PY) -m mypy

@@ -6,9 +6,11 @@ import argparse
 import gc
 import logging
 import sys
+import time
 
 import trio
 
+from app.auth import load_api_keys
 from app.config import Settings, SettingsError, load_settings
 from app.outbox import cli as outbox_cli
 from app.runtime import run
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "outbox":
         return outbox_cli.run(settings, args)
+    try:
+        load_api_keys(settings, time.monotonic)  # a bad key file is a configuration error, before start-up
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -50,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         trio.run(serve, settings)
-    except SettingsError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     return 0

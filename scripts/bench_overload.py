@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,10 +20,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_transactions import free_port, wait_ready  # noqa: E402
+from scripts.bench_support import gateway  # noqa: E402
 from scripts.httpload import Answer, open_loop, request_bytes  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def percentile(latencies: list[float], q: float) -> float:
@@ -44,19 +40,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    served = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "infra.py"), "up", "--no-postgres"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    env = {**os.environ, **dict(line.split("=", 1) for line in served.split()), "LOG_LEVEL": "WARNING"}
-    port = free_port()
-    env.update(
-        APPLICATION_RATE_LIMIT=str(args.limit), MAX_BATCH_EVENTS="10", APPLICATION_PORT=str(port),
-        GATEWAY_PORT=str(free_port()), INFRASTRUCTURE_PORT=str(free_port()), TRANSACTION_PORT=str(free_port()),
-    )
-    gateway = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}")
+    with gateway("application", "--no-postgres", APPLICATION_RATE_LIMIT=str(args.limit), MAX_BATCH_EVENTS="10") as ports:
+        port = ports["application"]
         trio.run(measure, port, args.limit / 2, 2.0)  # warm-up
         print(f"{'run':>4}{'offered/s':>11}{'202/s':>8}{'429/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 ratio':>11}", flush=True)
         for run in range(1, args.runs + 1):
@@ -74,9 +59,6 @@ def main() -> int:
                     f"{percentile(accepted, 0.5):>9.1f}{p99:>9.1f}{p99 / base:>11.2f}",
                     flush=True,
                 )
-    finally:
-        gateway.terminate()
-        gateway.wait(timeout=60)
     return 0
 
 

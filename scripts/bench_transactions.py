@@ -17,28 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.bench_support import gateway  # noqa: E402
 SINGLE = json.dumps({"userId": "user-1", "type": "PAYMENT", "amount": 99.99, "currency": "USD"})
 BATCH = json.dumps(
     {"transactions": [{"userId": f"user-{i}", "type": "PAYMENT", "amount": "99.99", "currency": "USD"} for i in range(100)]}
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str, float]:
@@ -56,38 +49,14 @@ def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str,
     return result
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the gateway at {url} did not become ready")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     if shutil.which("hey") is None:
         raise SystemExit("hey is missing: apt-get install hey (or bash .ci/install-system-deps.sh --bench)")
-    served = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"], check=True, capture_output=True, text=True
-    ).stdout
-    env = {**os.environ, **dict(line.split("=", 1) for line in served.split()), "LOG_LEVEL": "WARNING"}
-    port = free_port()
-    env.update(
-        TRANSACTION_PORT=str(port), GATEWAY_PORT=str(free_port()), APPLICATION_PORT=str(free_port()),
-        INFRASTRUCTURE_PORT=str(free_port()),
-    )
-    url = f"http://127.0.0.1:{port}"
-    gateway = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(url)
+    with gateway("transaction") as ports:
+        url = f"http://127.0.0.1:{ports['transaction']}"
         with tempfile.TemporaryDirectory() as tmp:
             single, batch = Path(tmp, "single.json"), Path(tmp, "batch.json")
             single.write_text(SINGLE)
@@ -107,9 +76,6 @@ def main() -> int:
                     flush=True,
                 )
                 time.sleep(3)  # let the relay drain between runs
-    finally:
-        gateway.terminate()
-        gateway.wait(timeout=60)
     return 0
 
 

@@ -26,6 +26,7 @@ class FakeProducer:
         self.delivered: list[tuple[str, Record]] = []
         self.queue_capacity = queue_capacity
         self.deliver = deliver
+        self.client_errors: list[tuple[str, str, bool]] = []  # reported by the next poll
 
     def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
         with self.lock:
@@ -38,6 +39,7 @@ class FakeProducer:
     def poll(self, timeout: float) -> Deliveries:
         time.sleep(0.001)
         out = Deliveries()
+        out.client_errors, self.client_errors = self.client_errors, []
         if not self.deliver:
             return out
         with self.lock:
@@ -61,6 +63,10 @@ class FakeProducer:
 
     def topics(self, timeout: float) -> set[str]:
         return {"logs"}
+
+    def queued(self) -> int:
+        with self.lock:
+            return len(self.queue)
 
 
 def record(value: bytes = b"v" * 10) -> Record:
@@ -165,3 +171,23 @@ async def test_close_gives_up_at_the_flush_deadline_and_counts_the_loss() -> Non
         profile.close()
     assert trio.current_time() - started < 6.0
     assert sample(metrics, "kafka_producer_lost_total", service="application") == 2
+
+
+async def test_a_fatal_error_opens_the_breaker_and_replaces_the_producer() -> None:
+    old, new = FakeProducer(deliver=False), FakeProducer()
+    old.client_errors.append(("_FENCED", "fenced by a newer producer", True))
+    metrics = Metrics()
+    profile = ProducerProfile(
+        "application", ProfileSettings(topic="logs"), old, metrics,  # type: ignore[arg-type]
+        flush_timeout=2.0, recreate=lambda: new,  # type: ignore[arg-type,return-value]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(profile.run)
+        await wait_until(lambda: profile.breaker.state.name == "OPEN")
+        assert profile.submit([record()], 13) is Outcome.UNAVAILABLE
+        profile.breaker.probe_succeeded()
+        assert profile.submit([record()], 13) is Outcome.ACCEPTED
+        await wait_until(lambda: profile.buffered_events == 0)
+        profile.close()
+    assert len(new.delivered) == 1, "the new producer took the records after the fatal error"
+    assert profile.last_client_error == "_FENCED: fenced by a newer producer"

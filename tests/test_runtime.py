@@ -52,10 +52,26 @@ async def test_without_kafka_the_process_is_alive_but_not_ready() -> None:
         runtime.shutdown()
 
 
+async def black_hole_broker(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Accepts connections and never answers: events stay in flight, and no breaker trips."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def hold(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(hold, listeners, handler_nursery=nursery)
+
+
 async def test_a_full_buffer_answers_503_with_retry_after_at_once() -> None:
-    settings = load_settings(no_kafka_env(APPLICATION_BUFFER_EVENTS="5"))
     event = {"source": "a", "level": "INFO", "message": "m"}
     async with trio.open_nursery() as nursery:
+        port = await nursery.start(black_hole_broker)
+        settings = load_settings(
+            no_kafka_env(APPLICATION_BUFFER_EVENTS="5", KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}")
+        )
         runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
         async with httpx.AsyncClient(base_url=runtime.url("application")) as client:
             for _ in range(5):
@@ -69,6 +85,10 @@ async def test_a_full_buffer_answers_503_with_retry_after_at_once() -> None:
         assert refused.json()["error"] == "buffer full"
         assert elapsed < 1.0
         runtime.shutdown()
+        with trio.fail_after(10):
+            while runtime.metrics.registry.get_sample_value("kafka_producer_lost_total", {"service": "application"}) is None:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
     metrics = runtime.metrics.registry
     assert metrics.get_sample_value("producer_rejected_total", {"service": "application", "reason": "full"}) == 2
     # Never delivered (no broker) and the flush deadline passed: counted, not hidden.

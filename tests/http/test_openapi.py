@@ -43,6 +43,7 @@ def test_each_listener_documents_exactly_its_routes(gateway_process: RunningGate
         assert {"/health", "/ready", "/metrics"} <= set(document["paths"])
 
 
+@pytest.mark.fuzz
 @pytest.mark.parametrize("listener", ["gateway", "application", "transaction"])
 def test_schemathesis_finds_no_answer_that_breaks_the_document(
     gateway_process: RunningGateway, listener: str, tmp_path: Path
