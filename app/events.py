@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Sequence
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import iso4217
 import msgspec
+
+T = TypeVar("T")
 
 LEVELS: Final = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"})
 MAX_ERRORS_REPORTED: Final = 50
@@ -105,16 +107,19 @@ def decode_log(body: bytes) -> LogIn:
         raise InvalidEvents([{"message": str(error)}]) from None
 
 
-def _decode_items(items: Sequence[bytes | msgspec.Raw], max_events: int) -> list[LogIn]:
+def _decode_items(
+    items: Sequence[bytes | msgspec.Raw], max_events: int, decoder: msgspec.json.Decoder[T]
+) -> tuple[list[T], list[dict[str, Any]]]:
+    """Decode every item of a batch; the decoded ones, and an error per invalid index."""
     if len(items) > max_events:
         raise TooManyEvents(f"a batch holds at most {max_events} events, this one has {len(items)}")
     if not items:
         raise InvalidEvents([{"message": "a batch needs at least one event"}])
-    events: list[LogIn] = []
+    events: list[T] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            events.append(_log_decoder.decode(item))
+            events.append(decoder.decode(item))
         except RecursionError:
             errors.append({"index": index, "message": TOO_DEEP})
         except msgspec.ValidationError as error:
@@ -122,6 +127,11 @@ def _decode_items(items: Sequence[bytes | msgspec.Raw], max_events: int) -> list
                 errors.append(_schema_error(index, error))
         except msgspec.DecodeError as error:
             raise InvalidJSON(f"event {index}: {error}") from None
+    return events, errors
+
+
+def _all_valid(decoded: tuple[list[T], list[dict[str, Any]]]) -> list[T]:
+    events, errors = decoded
     if errors:
         raise InvalidEvents(errors)
     return events
@@ -136,13 +146,13 @@ def decode_log_batch(body: bytes, max_events: int) -> list[LogIn]:
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
-    return _decode_items(batch.logs, max_events)
+    return _all_valid(_decode_items(batch.logs, max_events, _log_decoder))
 
 
 def decode_log_ndjson(body: bytes, max_events: int) -> list[LogIn]:
     """Decode one log event per non-empty line."""
     lines = [line for line in body.split(b"\n") if line.strip()]
-    return _decode_items(lines, max_events)
+    return _all_valid(_decode_items(lines, max_events, _log_decoder))
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -247,21 +257,7 @@ def decode_transaction_batch(body: bytes, max_events: int) -> list[TransactionBa
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
-    items = batch.transactions
-    if len(items) > max_events:
-        raise TooManyEvents(f"a batch holds at most {max_events} events, this one has {len(items)}")
-    if not items:
-        raise InvalidEvents([{"message": "a batch needs at least one event"}])
-    decoded: list[TransactionBatchItem] = []
-    errors: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        try:
-            decoded.append(_transaction_item_decoder.decode(item))
-        except RecursionError:
-            errors.append({"index": index, "message": TOO_DEEP})
-        except msgspec.ValidationError as error:
-            if len(errors) < MAX_ERRORS_REPORTED:
-                errors.append(_schema_error(index, error))
+    decoded, errors = _decode_items(batch.transactions, max_events, _transaction_item_decoder)
     keys = [t.idempotencyKey for t in decoded if t.idempotencyKey is not None]
     if len(keys) != len(set(keys)):
         errors.append({"message": "two transactions of the batch share an idempotencyKey"})
