@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Collection
 
-from quart import Request
+from quart import Request, g
 
 from app.http.errors import HTTPError
 
@@ -38,6 +38,7 @@ async def read_body(request: Request, *, max_bytes: int, max_decompressed_bytes:
         )
     body = await request.get_data(cache=False, as_text=False)
     assert isinstance(body, bytes)
+    g.body_read = True
     if len(body) > max_bytes:
         raise HTTPError(413, "payload too large", f"the body has more than {max_bytes} bytes")
     encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()

@@ -43,6 +43,11 @@ def create_listener_app(
 
     @app.after_request
     async def record_request(response: Response) -> Response:
+        has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
+        if has_body and not getattr(g, "body_read", False):
+            # Answered without reading the body (405, 404, 401, 415...): reusing the connection
+            # would leave the next request behind the unread bytes; close it instead.
+            response.headers["Connection"] = "close"
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(name, route, str(response.status_code)).inc()
         started = getattr(g, "started", None)

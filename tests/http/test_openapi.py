@@ -1,7 +1,7 @@
 """The OpenAPI document of each listener, with schemathesis driving the real gateway by it.
 
 schemathesis runs as its command-line tool against a gateway process: its pytest plugin
-does not support this project's pytest.
+does not support this project's pytest. (It found the connection left behind an unread body.)
 """
 
 from __future__ import annotations
