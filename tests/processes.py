@@ -87,6 +87,10 @@ class TransactionStream:
         self.retries = 0
         self._next = 0
 
+    def stop(self) -> None:
+        """Send no new transactions; those under way still retry until answered."""
+        self.total = self._next
+
     async def run(self, deadline: float = 240) -> None:
         with trio.fail_after(deadline):
             async with httpx.AsyncClient(timeout=10) as client:
