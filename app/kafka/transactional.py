@@ -70,21 +70,21 @@ class TransactionalPublisher:
         """Fence older producers of this id, then read the last committed checkpoint."""
         try:
             self._producer.init_transactions(timeout)
-        except confluent_kafka.KafkaException as error:
-            raise KafkaUnavailable(f"init_transactions: {_reason(error)}") from None
+        except (confluent_kafka.KafkaException, SystemError) as error:
+            raise KafkaUnavailable(f"init_transactions: {error}") from None
         return self._read_checkpoint(timeout)
 
     def publish(self, records: Sequence[OutgoingRecord], timeout: float) -> list[tuple[int, int, int]]:
         """Publish ``records`` and their checkpoint in one transaction; (id, partition, offset) of each."""
         positions: dict[int, tuple[int, int]] = {}
-        failures: list[str] = []
+        failures: list[Any] = []  # KafkaError objects, formatted after the flush
 
         def delivered(outbox_id: int) -> Any:
             def report(err: Any, msg: Any) -> None:
                 if err is None:
                     positions[outbox_id] = (msg.partition(), msg.offset())
                 else:
-                    failures.append(f"{err.name()}: {err.str()}")
+                    failures.append(err)
 
             return report
 
@@ -95,7 +95,8 @@ class TransactionalPublisher:
             remaining = self._producer.flush(timeout)
             if remaining or failures or len(positions) != len(records):
                 raise PublishFailed(
-                    f"{remaining} records undelivered, failures: {failures[:3]}" if remaining or failures
+                    f"{remaining} records undelivered, failures: {[str(f) for f in failures[:3]]}"
+                    if remaining or failures
                     else "delivery reports missing"
                 )
             rows = [(record.outbox_id, *positions[record.outbox_id]) for record in records]
@@ -104,6 +105,10 @@ class TransactionalPublisher:
         except confluent_kafka.KafkaException as error:
             self._abort()
             raise PublishFailed(_reason(error)) from None
+        except SystemError as error:
+            # confluent-kafka can surface a fatal error (e.g. _FENCED) as a SystemError from its C code.
+            self._abort()
+            raise PublishFailed(f"producer failed: {error.__cause__ or error}") from None
         except PublishFailed:
             self._abort()
             raise
@@ -120,8 +125,8 @@ class TransactionalPublisher:
     def _abort(self) -> None:
         try:
             self._producer.abort_transaction(5.0)
-        except confluent_kafka.KafkaException as error:
-            log.warning("abort_transaction: %s", _reason(error))
+        except (confluent_kafka.KafkaException, SystemError) as error:
+            log.warning("abort_transaction: %s", error)
 
     def _read_checkpoint(self, timeout: float) -> Checkpoint | None:
         consumer = confluent_kafka.Consumer(

@@ -97,6 +97,11 @@ class Relay:
                 self.state = RelayState.FAILING
                 self._metrics.outbox_publish_failures.inc()
                 log.warning("outbox relay: %s (starting over in %.1fs)", error, backoff)
+            except Exception:
+                # Starting over from the checkpoint is always safe; taking the process down is not needed.
+                self.state = RelayState.FAILING
+                self._metrics.outbox_publish_failures.inc()
+                log.exception("outbox relay: unexpected error (starting over in %.1fs)", backoff)
             finally:
                 await self._close()
             await trio.sleep(backoff)
