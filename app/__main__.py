@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 import time
 
 import trio
 
+from app import workers
 from app.auth import load_api_keys
-from app.config import Settings, SettingsError, load_settings
+from app.config import ROLES, Settings, SettingsError, load_settings
 from app.outbox import cli as outbox_cli
 from app.runtime import run
 
@@ -27,6 +29,18 @@ async def serve(settings: Settings) -> None:
         gc.set_threshold(50_000, 20, 20)
 
 
+def command_line_env(args: argparse.Namespace) -> dict[str, str]:
+    """The settings the command line overrides, as environment variables."""
+    env: dict[str, str] = {}
+    if args.role:
+        env["ROLES"] = args.role
+    if args.workers is not None:
+        env["WORKERS"] = str(args.workers)
+    if args.metrics_rate is not None:
+        env["METRICS_RATE"] = str(args.metrics_rate)
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app",
@@ -34,12 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         "transaction (8083) shippers in one process. Settings come from environment variables "
         "(see the README's configuration table).",
     )
+    parser.add_argument(
+        "--role", help=f"comma-separated listeners to host, any of {', '.join(ROLES)} (default: all; ROLES)"
+    )
+    parser.add_argument("--workers", type=int, help="copies of the process sharing the ports (default 1; WORKERS)")
+    parser.add_argument(
+        "--metrics-rate", type=float, help="host collector emits this many events/s, for load tests (METRICS_RATE)"
+    )
     subparsers = parser.add_subparsers(dest="command")
     subparsers.add_parser("run", help="run the gateway (the default)")
     outbox_cli.add_commands(subparsers)
     args = parser.parse_args(argv)
+    env = {**os.environ, **command_line_env(args)}
     try:
-        settings = load_settings()
+        settings = load_settings(env)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
@@ -55,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.workers > 1:
+        # The copies read their settings from the environment, command-line overrides included.
+        os.environ.update(command_line_env(args))
+        return workers.run(settings.workers, ["run"])
     try:
         trio.run(serve, settings)
     except KeyboardInterrupt:

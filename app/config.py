@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,9 @@ SECONDS = 1.0
 MILLISECONDS = 1
 KIB = 1024
 MIB = 1024 * KIB
+
+
+ROLES = ("gateway", "application", "infrastructure", "transaction")
 
 
 class SettingsError(ValueError):
@@ -72,6 +76,12 @@ def _transaction_profile() -> ProfileSettings:
 class Settings:
     """The gateway's configuration. Build it with :func:`load_settings`."""
 
+    # Which listeners this process hosts: any of gateway, application, infrastructure, transaction.
+    roles: str = "gateway,application,infrastructure,transaction"
+    # Copies of the process sharing the listeners' ports (SO_REUSEPORT); set by --workers.
+    workers: int = 1
+    reuse_port: bool = False
+
     host: str = "127.0.0.1"
     gateway_port: int = 8080
     application_port: int = 8081
@@ -96,6 +106,22 @@ class Settings:
     application: ProfileSettings = field(default_factory=_application_profile)
     infrastructure: ProfileSettings = field(default_factory=_infrastructure_profile)
     transaction: ProfileSettings = field(default_factory=_transaction_profile)
+
+    # Where the gateway finds shippers that run in other processes: comma-separated base URLs.
+    # Empty: the shipper's port on this host. Every address a host name resolves to is used.
+    application_urls: str = ""
+    infrastructure_urls: str = ""
+    transaction_urls: str = ""
+    upstream_timeout: float = 10 * SECONDS
+    upstream_connect_timeout: float = 1 * SECONDS
+    upstream_connections: int = 256
+
+    # The host collector: one sample of every sensor per interval (0 disables it).
+    collector_interval: float = 1 * SECONDS
+    # Above 0: re-emit the latest samples at this many events/s (load testing).
+    metrics_rate: float = 0.0
+    # The host name on collected samples; empty: this machine's host name.
+    metrics_host: str = ""
 
     max_request_bytes: int = 10 * MIB
     max_decompressed_bytes: int = 32 * MIB
@@ -132,6 +158,18 @@ class Settings:
     def checkpoint_topic(self) -> str:
         """Single-partition, compacted topic of the relay's checkpoints."""
         return f"{self.transaction.topic}.checkpoint"
+
+    def role_set(self) -> frozenset[str]:
+        return frozenset(role.strip() for role in self.roles.split(",") if role.strip())
+
+    def shipper_urls(self, shipper: str) -> list[str]:
+        """The base URLs of a shipper that runs in another process."""
+        configured = getattr(self, f"{shipper}_urls")
+        urls = [url.strip() for url in configured.split(",") if url.strip()]
+        if urls:
+            return urls
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
+        return [f"http://{host}:{getattr(self, f'{shipper}_port')}"]
 
     def profiles(self) -> dict[str, ProfileSettings]:
         return {
@@ -195,10 +233,22 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{name.upper()}_BUFFER_EVENTS and _BUFFER_BYTES must be positive")
         if profile.compression not in {"none", "gzip", "snappy", "lz4", "zstd"}:
             raise SettingsError(f"{name.upper()}_COMPRESSION {profile.compression!r} is unknown")
-    if settings.max_event_bytes > settings.max_request_bytes:
-        raise SettingsError("MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES")
         if profile.rate_limit < 0:
             raise SettingsError(f"{name.upper()}_RATE_LIMIT cannot be negative")
+    if settings.max_event_bytes > settings.max_request_bytes:
+        raise SettingsError("MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES")
+    unknown = settings.role_set() - set(ROLES)
+    if unknown or not settings.role_set():
+        raise SettingsError(f"ROLES must be a comma-separated subset of {', '.join(ROLES)}, not {settings.roles!r}")
+    if settings.workers < 1:
+        raise SettingsError("WORKERS must be at least 1")
+    for shipper in ("application", "infrastructure", "transaction"):
+        for url in settings.shipper_urls(shipper):
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise SettingsError(f"{shipper.upper()}_URLS: {url!r} is not an http(s) base URL")
+    if settings.collector_interval < 0 or settings.metrics_rate < 0:
+        raise SettingsError("COLLECTOR_INTERVAL and METRICS_RATE cannot be negative")
     if settings.kafka_security_protocol.upper() not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
         raise SettingsError("KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     if settings.kafka_sasl_mechanism and settings.kafka_sasl_mechanism.upper() not in {

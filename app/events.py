@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, TypeVar
 
@@ -96,15 +97,20 @@ def _classify(body: bytes | msgspec.Raw, error: msgspec.DecodeError) -> None:
         raise InvalidJSON(str(error)) from None
 
 
-def decode_log(body: bytes) -> LogIn:
-    """Decode one log event from a JSON body."""
+def _decode_one(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode one JSON document, mapping failures onto InvalidJSON and InvalidEvents."""
     try:
-        return _log_decoder.decode(body)
+        return decoder.decode(body)
     except RecursionError:
         raise InvalidEvents([{"message": TOO_DEEP}]) from None
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
+
+
+def decode_log(body: bytes) -> LogIn:
+    """Decode one log event from a JSON body."""
+    return _decode_one(body, _log_decoder)
 
 
 def _decode_items(
@@ -139,20 +145,18 @@ def _all_valid(decoded: tuple[list[T], list[dict[str, Any]]]) -> list[T]:
 
 def decode_log_batch(body: bytes, max_events: int) -> list[LogIn]:
     """Decode ``{"logs": [...]}``; every invalid index is reported, none is accepted."""
-    try:
-        batch = _batch_decoder.decode(body)
-    except RecursionError:
-        raise InvalidEvents([{"message": TOO_DEEP}]) from None
-    except msgspec.DecodeError as error:
-        _classify(body, error)
-        raise InvalidEvents([{"message": str(error)}]) from None
+    batch = _decode_one(body, _batch_decoder)
     return _all_valid(_decode_items(batch.logs, max_events, _log_decoder))
 
 
 def decode_log_ndjson(body: bytes, max_events: int) -> list[LogIn]:
     """Decode one log event per non-empty line."""
+    return _decode_ndjson(body, max_events, _log_decoder)
+
+
+def _decode_ndjson(body: bytes, max_events: int, decoder: msgspec.json.Decoder[T]) -> list[T]:
     lines = [line for line in body.split(b"\n") if line.strip()]
-    return _all_valid(_decode_items(lines, max_events, _log_decoder))
+    return _all_valid(_decode_items(lines, max_events, decoder))
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -239,24 +243,12 @@ _transaction_batch_decoder: Final = msgspec.json.Decoder(TransactionBatchIn)
 
 
 def decode_transaction(body: bytes) -> TransactionIn:
-    try:
-        return _transaction_decoder.decode(body)
-    except RecursionError:
-        raise InvalidEvents([{"message": TOO_DEEP}]) from None
-    except msgspec.DecodeError as error:
-        _classify(body, error)
-        raise InvalidEvents([{"message": str(error)}]) from None
+    return _decode_one(body, _transaction_decoder)
 
 
 def decode_transaction_batch(body: bytes, max_events: int) -> list[TransactionBatchItem]:
     """Decode ``{"transactions": [...]}``; every invalid index is reported, none is accepted."""
-    try:
-        batch = _transaction_batch_decoder.decode(body)
-    except RecursionError:
-        raise InvalidEvents([{"message": TOO_DEEP}]) from None
-    except msgspec.DecodeError as error:
-        _classify(body, error)
-        raise InvalidEvents([{"message": str(error)}]) from None
+    batch = _decode_one(body, _transaction_batch_decoder)
     decoded, errors = _decode_items(batch.transactions, max_events, _transaction_item_decoder)
     keys = [t.idempotencyKey for t in decoded if t.idempotencyKey is not None]
     if len(keys) != len(set(keys)):
@@ -264,3 +256,62 @@ def decode_transaction_batch(body: bytes, max_events: int) -> list[TransactionBa
     if errors:
         raise InvalidEvents(errors)
     return decoded
+
+
+# -- host metrics ------------------------------------------------------------------------
+
+MAX_LABELS: Final = 64
+
+
+class MetricIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One host metric sample, from the collector or a remote agent."""
+
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    metric: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    value: float
+    unit: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    labels: Annotated[
+        dict[Annotated[str, msgspec.Meta(min_length=1, max_length=128)], Annotated[str, msgspec.Meta(max_length=1024)]],
+        msgspec.Meta(max_length=MAX_LABELS),
+    ] = {}
+    timestamp: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):
+            raise ValueError("value must be a finite number")
+
+
+class MetricBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    metrics: list[msgspec.Raw]
+
+
+class MetricRecord(msgspec.Struct):
+    """The value written to Kafka for one host metric sample."""
+
+    eventId: str
+    receivedAt: str
+    host: str
+    metric: str
+    value: float
+    unit: str
+    labels: dict[str, str]
+    timestamp: str
+
+
+_metric_decoder: Final = msgspec.json.Decoder(MetricIn)
+_metric_batch_decoder: Final = msgspec.json.Decoder(MetricBatchIn)
+
+
+def decode_metric(body: bytes) -> MetricIn:
+    return _decode_one(body, _metric_decoder)
+
+
+def decode_metric_batch(body: bytes, max_events: int) -> list[MetricIn]:
+    """Decode ``{"metrics": [...]}``; every invalid index is reported, none is accepted."""
+    batch = _decode_one(body, _metric_batch_decoder)
+    return _all_valid(_decode_items(batch.metrics, max_events, _metric_decoder))
+
+
+def decode_metric_ndjson(body: bytes, max_events: int) -> list[MetricIn]:
+    """Decode one metric sample per non-empty line."""
+    return _decode_ndjson(body, max_events, _metric_decoder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from quart_trio import QuartTrio
 from app.admission import Admission
 from app.auth import ApiKeys, load_api_keys
 from app.breaker import CircuitBreaker
-from app.config import Settings
+from app.config import ROLES, Settings
 from app.db.database import Database
-from app.gateway.app import route_in_process
+from app.gateway.app import Shipper, route_in_process, route_remote
+from app.gateway.upstream import Upstream
 from app.http.listener import ReadyCheck, create_listener_app
 from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
@@ -36,13 +38,27 @@ from app.observability.metrics import Metrics
 from app.outbox.relay import Relay
 from app.outbox.writer import OutboxWriter
 from app.profile import ProducerProfile
+from app.shippers import application, infrastructure, transaction
 from app.shippers.application import ApplicationShipper
+from app.shippers.collector import Collector
+from app.shippers.infrastructure import InfrastructureShipper
 from app.shippers.ingest import Submitter
 from app.shippers.transaction import TransactionShipper
 
 log = logging.getLogger(__name__)
 
-LISTENERS = ("gateway", "application", "infrastructure", "transaction")
+LISTENERS = ROLES
+SHIPPERS = ("application", "infrastructure", "transaction")
+REMOTE_ROUTES = {
+    "application": application.ROUTES,
+    "infrastructure": infrastructure.ROUTES,
+    "transaction": transaction.ROUTES,
+}
+OPENAPI_PATHS = {
+    "application": application.openapi_paths,
+    "infrastructure": infrastructure.openapi_paths,
+    "transaction": transaction.openapi_paths,
+}
 
 
 @dataclass
@@ -77,6 +93,8 @@ def profile_producer_config(settings: Settings, name: str) -> dict[str, Any]:
 
 
 def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerProfile]:
+    """The channel profiles of the shippers this process hosts."""
+
     def profile(name: str) -> ProducerProfile:
         config = profile_producer_config(settings, name)
         return ProducerProfile(
@@ -94,7 +112,7 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
             probe_timeout=settings.ready_timeout,
         )
 
-    return {name: profile(name) for name in CHANNEL_PROFILES}
+    return {name: profile(name) for name in CHANNEL_PROFILES if name in settings.role_set()}
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -116,7 +134,7 @@ class Outbox:
 
 
 def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
-    if not settings.database_url:
+    if not settings.database_url or "transaction" not in settings.role_set():
         return None
     relay: Relay | None = None
 
@@ -148,14 +166,35 @@ def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
     return Outbox(Database(settings.database_url, timeout=settings.ready_timeout), writer, relay)
 
 
+def build_upstreams(settings: Settings, metrics: Metrics) -> dict[str, Upstream]:
+    """The shippers a gateway in this process reaches over HTTP: those it does not host."""
+    roles = settings.role_set()
+    if "gateway" not in roles:
+        return {}
+    return {
+        name: Upstream(
+            name,
+            settings.shipper_urls(name),
+            metrics,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+            max_connections=settings.upstream_connections,
+        )
+        for name in SHIPPERS
+        if name not in roles
+    }
+
+
 def build_apps(
     settings: Settings,
     metrics: Metrics,
     profiles: dict[str, ProducerProfile],
     outbox: Outbox | None,
+    upstreams: dict[str, Upstream],
     api_keys: ApiKeys | None,
 ) -> dict[str, tuple[QuartTrio, int]]:
-    """The Quart app and port of each listener."""
+    """The Quart app and port of each listener this process hosts."""
+    roles = settings.role_set()
 
     def probe(name: str) -> ReadyCheck:
         return lambda: profiles[name].probe(settings.ready_timeout)
@@ -173,38 +212,59 @@ def build_apps(
             clock=trio.current_time,
         )
 
-    application = ApplicationShipper(
-        settings,
-        Submitter(
-            profiles["application"],
+    def submitter(name: str) -> Submitter:
+        return Submitter(
+            profiles[name],
             metrics,
             retry_after_seconds=settings.retry_after_seconds,
             max_event_bytes=settings.max_event_bytes,
-        ),
-        admission("application"),
-    )
-    transaction = TransactionShipper(settings, outbox.writer if outbox else None, admission("transaction"))
+        )
 
     async def no_database() -> str:
         return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
 
-    # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
-    transaction_app = listener("transaction", [outbox.database.probe if outbox else no_database])
-    transaction.register(transaction_app)
-    application_app = listener("application", [probe("application")])
-    application.register(application_app)
-    gateway_app = route_in_process(listener("gateway", [probe("application")]), [application, transaction])
-    return {
-        "gateway": (gateway_app, settings.gateway_port),
-        "application": (application_app, settings.application_port),
-        "infrastructure": (listener("infrastructure", [probe("infrastructure")]), settings.infrastructure_port),
-        "transaction": (transaction_app, settings.transaction_port),
-    }
+    shippers: dict[str, Shipper] = {}
+    checks: dict[str, list[ReadyCheck]] = {}
+    if "application" in roles:
+        shippers["application"] = ApplicationShipper(settings, submitter("application"), admission("application"))
+        checks["application"] = [probe("application")]
+    if "infrastructure" in roles:
+        shippers["infrastructure"] = InfrastructureShipper(
+            settings, submitter("infrastructure"), admission("infrastructure")
+        )
+        checks["infrastructure"] = [probe("infrastructure")]
+    if "transaction" in roles:
+        shippers["transaction"] = TransactionShipper(settings, outbox.writer if outbox else None, admission("transaction"))
+        # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
+        checks["transaction"] = [outbox.database.probe if outbox else no_database]
+
+    apps: dict[str, tuple[QuartTrio, int]] = {}
+    for name, shipper in shippers.items():
+        app = listener(name, checks[name])
+        shipper.register(app)
+        apps[name] = (app, getattr(settings, f"{name}_port"))
+    if "gateway" in roles:
+        gateway_checks = [check for name in shippers for check in checks[name]]
+        gateway_checks += [partial(upstream.ready, settings.ready_timeout) for upstream in upstreams.values()]
+        gateway = route_in_process(listener("gateway", gateway_checks), list(shippers.values()))
+        for name, upstream in upstreams.items():
+            route_remote(gateway, upstream, REMOTE_ROUTES[name], OPENAPI_PATHS[name]())
+        apps["gateway"] = (gateway, settings.gateway_port)
+    return apps
 
 
 def hypercorn_config(settings: Settings, port: int) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
-    config.bind = [f"{settings.host}:{port}"]
+    if settings.reuse_port:
+        # Several processes serve one port; the kernel spreads connections across them.
+        sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((settings.host, port))
+        config.bind = [f"fd://{sock.detach()}"]
+    else:
+        config.bind = [f"{settings.host}:{port}"]
     config.graceful_timeout = settings.graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -235,35 +295,51 @@ async def run(
 ) -> None:
     """Run the gateway until shut down. Reports a :class:`Runtime` once every listener is up."""
     api_keys = load_api_keys(settings, trio.current_time)  # a bad key file stops start-up here
+    roles = settings.role_set()
     metrics = Metrics()
     profiles = build_profiles(settings, metrics)
     outbox = build_outbox(settings, metrics)
+    upstreams = build_upstreams(settings, metrics)
     shutdown = trio.Event()
 
     async with trio.open_nursery() as background:
         if handle_signals:
             await background.start(watch_signals, shutdown)
-        await background.start(
-            partial(
-                maintain_topics,
-                connection_config(settings),
-                topic_specs(settings),
-                replication_factor=settings.topic_replication_factor,
-                timeout=max(settings.ready_timeout, 5.0),
+        if roles & set(SHIPPERS):
+            await background.start(
+                partial(
+                    maintain_topics,
+                    connection_config(settings),
+                    topic_specs(settings),
+                    replication_factor=settings.topic_replication_factor,
+                    timeout=max(settings.ready_timeout, 5.0),
+                )
             )
-        )
         if outbox is not None:
             await background.start(outbox.database.run)
             await background.start(outbox.writer.run)
             await background.start(outbox.relay.run)
+        for upstream in upstreams.values():
+            await background.start(upstream.run)
 
         async with trio.open_nursery() as producers:
             for profile in profiles.values():
                 await producers.start(profile.run)
-            apps = build_apps(settings, metrics, profiles, outbox, api_keys)
+            if "infrastructure" in profiles and settings.collector_interval > 0:
+                collector = Collector(
+                    profiles["infrastructure"],
+                    metrics,
+                    interval=settings.collector_interval,
+                    host=settings.metrics_host,
+                    rate=settings.metrics_rate,
+                )
+                await background.start(collector.run)
+            apps = build_apps(settings, metrics, profiles, outbox, upstreams, api_keys)
             async with trio.open_nursery() as listeners:
                 addresses: dict[str, list[str]] = {}
                 for name in LISTENERS:
+                    if name not in apps:
+                        continue
                     app, port = apps[name]
                     addresses[name] = await listeners.start(
                         partial(

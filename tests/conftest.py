@@ -91,6 +91,7 @@ def gateway_env(infra: Infra, database_url: str) -> dict[str, str]:
         "TOPIC_PARTITIONS": "3",
         "FLUSH_TIMEOUT": "15",
         "GRACEFUL_TIMEOUT": "2",
+        "COLLECTOR_INTERVAL": "0",  # tests of the host collector turn it on
         **unique_topics_env(),
     }
 

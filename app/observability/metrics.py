@@ -93,3 +93,15 @@ class Metrics:
         self.events_per_request = Histogram(
             "events_per_request", "Events in one accepted request.", ["service"], buckets=BATCH_BUCKETS, registry=r
         )
+        self.collector_sensor_failures = Counter(
+            "collector_sensor_failures", "Host sensor readings skipped because they failed or overran the interval.",
+            ["sensor"], registry=r,
+        )
+        self.collector_dropped = Counter(
+            "collector_dropped_events", "Host samples dropped because the infrastructure profile refused them.",
+            ["reason"], registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Gateway requests a remote shipper instance failed, by kind.",
+            ["shipper", "error"], registry=r,
+        )

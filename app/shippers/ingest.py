@@ -1,4 +1,4 @@
-"""What every ingest route does after decoding: turn events into records and submit them."""
+"""What every ingest route does: admit, read, decode, turn events into records and submit them."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from quart import Response, request
+from quart_trio import QuartTrio
 
 from app import events
+from app.admission import Admission
+from app.config import Settings
+from app.http.body import JSON, NDJSON, media_type, read_body
 from app.http.errors import HTTPError, json_response
 from app.kafka.producer import Record
 from app.observability.metrics import Metrics
@@ -89,3 +94,65 @@ class Submitter:
         if single:
             return json_response({"status": "accepted", "eventId": event_ids[0]}, 202, headers)
         return json_response({"status": "accepted", "count": len(event_ids), "eventIds": event_ids}, 202, headers)
+
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class EventKind(Generic[E]):
+    """What a channel shipper's routes need to know about one kind of event."""
+
+    name: str  # in route endpoint names: post_<name>, post_<name>_batch
+    decode_one: Callable[[bytes], E]
+    decode_batch: Callable[[bytes, int], list[E]]
+    decode_ndjson: Callable[[bytes, int], list[E]]
+    records: Callable[[list[E], TraceContext], tuple[list[Record], list[str]]]
+
+
+class EventRoutes(Generic[E]):
+    """A single-event and a batch route (JSON or NDJSON) feeding one producer profile."""
+
+    def __init__(
+        self, settings: Settings, kind: EventKind[E], submitter: Submitter, admission: Admission
+    ) -> None:
+        self._settings = settings
+        self._kind = kind
+        self._submitter = submitter
+        self._admission = admission
+
+    def register(self, app: QuartTrio, route: str, batch_route: str) -> None:
+        app.add_url_rule(route, f"post_{self._kind.name}", self.post_one, methods=["POST"])
+        app.add_url_rule(batch_route, f"post_{self._kind.name}_batch", self.post_batch, methods=["POST"])
+
+    async def _body(self) -> bytes:
+        return await read_body(
+            request,
+            max_bytes=self._settings.max_request_bytes,
+            max_decompressed_bytes=self._settings.max_decompressed_bytes,
+        )
+
+    async def post_one(self) -> Response:
+        key = self._admission.authenticate()
+        media_type(request, {JSON})
+        body = await self._body()
+        # One event: refused before decoding. (After reading the body: an unread body would
+        # cost the client its keep-alive connection.)
+        self._admission.admit(key, 1)
+        event = decode_or_raise(lambda: self._kind.decode_one(body))
+        return self._submit([event], single=True)
+
+    async def post_batch(self) -> Response:
+        key = self._admission.authenticate()
+        kind = media_type(request, {JSON, NDJSON})
+        body = await self._body()
+        limit = self._settings.max_batch_events
+        decode = self._kind.decode_ndjson if kind == NDJSON else self._kind.decode_batch
+        batch = decode_or_raise(lambda: decode(body, limit))
+        self._admission.admit(key, len(batch))
+        return self._submit(batch, single=False)
+
+    def _submit(self, batch: list[E], *, single: bool) -> Response:
+        trace = request_trace()
+        records, event_ids = self._kind.records(batch, trace)
+        return self._submitter.submit(records, event_ids, trace, single=single)

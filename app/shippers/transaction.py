@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from quart import Response, request
@@ -32,6 +33,35 @@ MAX_IDEMPOTENCY_KEY = 255
 _canonical = msgspec.json.Encoder(order="sorted").encode
 
 
+ROUTES = [(TRANSACTIONS_ROUTE, "POST"), (TRANSACTIONS_BATCH_ROUTE, "POST"), (f"{TRANSACTIONS_ROUTE}/<event_id>", "GET")]
+
+
+def openapi_paths() -> dict[str, Any]:
+    error = {"content": {JSON: {"schema": openapi.ref("ErrorAnswer")}}}
+    return {
+        TRANSACTIONS_ROUTE: openapi.ingest(
+            "one financial event, answered once committed", {JSON: {"schema": openapi.ref("TransactionIn")}},
+            "Accepted", conflict=True,
+        ),
+        TRANSACTIONS_BATCH_ROUTE: openapi.ingest(
+            "financial events, all or nothing", {JSON: {"schema": openapi.ref("TransactionBatch")}},
+            "BatchAccepted", conflict=True,
+        ),
+        f"{TRANSACTIONS_ROUTE}/{{eventId}}": {
+            "get": {
+                "summary": "where a transaction stands",
+                "parameters": [{"name": "eventId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "pending or published", "content": {JSON: {"schema": openapi.ref("TransactionStatus")}}},
+                    "401": {"description": "no valid API key", **error},
+                    "404": {"description": "no such event", **error},
+                    "503": {"description": "database unavailable", **error},
+                },
+            }
+        },
+    }
+
+
 class TransactionShipper:
     """Routes of the transaction shipper, bound to the outbox writer (None: no database configured)."""
 
@@ -51,32 +81,7 @@ class TransactionShipper:
         app.add_url_rule(
             f"{TRANSACTIONS_ROUTE}/<event_id>", "get_transaction", self.get_transaction, methods=["GET"]
         )
-        error = {"content": {JSON: {"schema": openapi.ref("ErrorAnswer")}}}
-        openapi.add_paths(
-            app,
-            {
-                TRANSACTIONS_ROUTE: openapi.ingest(
-                    "one financial event, answered once committed", {JSON: {"schema": openapi.ref("TransactionIn")}},
-                    "Accepted", conflict=True,
-                ),
-                TRANSACTIONS_BATCH_ROUTE: openapi.ingest(
-                    "financial events, all or nothing", {JSON: {"schema": openapi.ref("TransactionBatch")}},
-                    "BatchAccepted", conflict=True,
-                ),
-                f"{TRANSACTIONS_ROUTE}/{{eventId}}": {
-                    "get": {
-                        "summary": "where a transaction stands",
-                        "parameters": [{"name": "eventId", "in": "path", "required": True, "schema": {"type": "string"}}],
-                        "responses": {
-                            "200": {"description": "pending or published", "content": {JSON: {"schema": openapi.ref("TransactionStatus")}}},
-                            "401": {"description": "no valid API key", **error},
-                            "404": {"description": "no such event", **error},
-                            "503": {"description": "database unavailable", **error},
-                        },
-                    }
-                },
-            },
-        )
+        openapi.add_paths(app, openapi_paths())
 
     def _unavailable(self, detail: str) -> HTTPError:
         return HTTPError(503, "outbox unavailable", detail, headers={"Retry-After": self._retry_after})

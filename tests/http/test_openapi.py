@@ -30,9 +30,12 @@ def gateway_process(infra: Infra) -> Iterator[RunningGateway]:
 
 def test_each_listener_documents_exactly_its_routes(gateway_process: RunningGateway) -> None:
     expected = {
-        "gateway": {"/api/v1/logs", "/api/v1/logs/batch", "/api/v1/transactions", "/api/v1/transactions/batch"},
+        "gateway": {
+            "/api/v1/logs", "/api/v1/logs/batch", "/api/v1/metrics", "/api/v1/metrics/batch",
+            "/api/v1/transactions", "/api/v1/transactions/batch",
+        },
         "application": {"/api/v1/logs", "/api/v1/logs/batch"},
-        "infrastructure": set(),
+        "infrastructure": {"/api/v1/metrics", "/api/v1/metrics/batch"},
         "transaction": {"/api/v1/transactions", "/api/v1/transactions/batch"},
     }
     for listener, routes in expected.items():
@@ -44,7 +47,7 @@ def test_each_listener_documents_exactly_its_routes(gateway_process: RunningGate
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize("listener", ["gateway", "application", "transaction"])
+@pytest.mark.parametrize("listener", ["gateway", "application", "infrastructure", "transaction"])
 def test_schemathesis_finds_no_answer_that_breaks_the_document(
     gateway_process: RunningGateway, listener: str, tmp_path: Path
 ) -> None:

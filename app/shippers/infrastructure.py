@@ -1,0 +1,85 @@
+"""The infrastructure shipper (8082): host metrics from this host's collector and from remote agents.
+
+Every sample, collected here or posted, is one event with the same schema
+(``host``, ``metric``, ``value``, ``unit``, ``labels``, ``timestamp``) on the infrastructure
+topic, keyed by host so one host's samples stay in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from quart_trio import QuartTrio
+
+from app import events
+from app.admission import Admission
+from app.config import Settings
+from app.http import openapi
+from app.http.body import JSON, NDJSON
+from app.kafka.producer import Headers, Record
+from app.observability.tracing import TraceContext
+from app.shippers.ingest import EventKind, EventRoutes, Submitter, new_event_id, received_at
+
+METRICS_ROUTE = "/api/v1/metrics"
+METRICS_BATCH_ROUTE = "/api/v1/metrics/batch"
+
+_encode = msgspec.json.Encoder().encode
+
+
+def metric_records(samples: list[events.MetricIn], trace_headers: Headers) -> tuple[list[Record], list[str]]:
+    """Kafka records for validated samples: key = host, value = the sample as JSON."""
+    now = received_at()
+    records: list[Record] = []
+    event_ids: list[str] = []
+    for sample in samples:
+        event_id = new_event_id()
+        value = _encode(
+            events.MetricRecord(
+                eventId=event_id,
+                receivedAt=now,
+                host=sample.host,
+                metric=sample.metric,
+                value=sample.value,
+                unit=sample.unit,
+                labels=sample.labels,
+                timestamp=events.format_timestamp(sample.timestamp) if sample.timestamp else now,
+            )
+        )
+        records.append(Record(sample.host.encode(), value, [("event-id", event_id.encode()), *trace_headers]))
+        event_ids.append(event_id)
+    return records, event_ids
+
+
+def _traced_metric_records(samples: list[events.MetricIn], trace: TraceContext) -> tuple[list[Record], list[str]]:
+    return metric_records(samples, trace.kafka_headers())
+
+
+ROUTES = [(METRICS_ROUTE, "POST"), (METRICS_BATCH_ROUTE, "POST")]
+
+
+def openapi_paths() -> dict[str, Any]:
+    return {
+        METRICS_ROUTE: openapi.ingest("one host metric sample", {JSON: {"schema": openapi.ref("MetricIn")}}, "Accepted"),
+        METRICS_BATCH_ROUTE: openapi.ingest(
+            "a batch of host metric samples, all or nothing",
+            {JSON: {"schema": openapi.ref("MetricBatch")}, NDJSON: {"schema": {"type": "string"}}},
+            "BatchAccepted",
+        ),
+    }
+
+
+METRICS = EventKind(
+    "metric", events.decode_metric, events.decode_metric_batch, events.decode_metric_ndjson, _traced_metric_records
+)
+
+
+class InfrastructureShipper:
+    """Routes of the infrastructure shipper, bound to its producer profile."""
+
+    def __init__(self, settings: Settings, submitter: Submitter, admission: Admission) -> None:
+        self.routes = EventRoutes(settings, METRICS, submitter, admission)
+
+    def register(self, app: QuartTrio) -> None:
+        self.routes.register(app, METRICS_ROUTE, METRICS_BATCH_ROUTE)
+        openapi.add_paths(app, openapi_paths())

@@ -1,0 +1,76 @@
+"""``--workers N``: N copies of the process serving the same ports.
+
+Each copy binds its listeners with ``SO_REUSEPORT``, so the kernel spreads incoming
+connections across them and the copies share no Python state (one interpreter, one GIL
+each). The supervisor forwards SIGTERM/SIGINT to every copy and waits for their graceful
+shutdown; a copy that dies on its own is started again after a pause.
+
+Only the first copy runs the host collector, so a host is sampled once, whatever N is.
+Each copy has its own metrics: a scrape of a shared port reads one copy, so scrape each copy
+on ports of its own (separate processes, see the README) when per-process series matter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+
+import trio
+
+log = logging.getLogger(__name__)
+
+RESTART_PAUSE_SECONDS = 1.0
+
+
+def worker_env(env: Mapping[str, str], index: int) -> dict[str, str]:
+    copy = {**env, "WORKERS": "1", "REUSE_PORT": "true"}
+    if index > 0:
+        copy["COLLECTOR_INTERVAL"] = "0"
+    return copy
+
+
+async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
+    """Run ``count`` copies of ``python -m app <argv>`` until a signal stops them all."""
+    stopping = trio.Event()
+    processes: dict[int, trio.Process] = {}
+
+    async def keep_running(index: int) -> None:
+        while True:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "app", *argv],
+                env=worker_env(env, index),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only, which forwards it once
+            )
+            processes[index] = process
+            log.info("worker %d started (pid %d)", index, process.pid)
+            code = await process.wait()
+            if stopping.is_set():
+                log.info("worker %d stopped (exit %d)", index, code)
+                return
+            log.error("worker %d exited on its own (exit %d); starting it again", index, code)
+            await trio.sleep(RESTART_PAUSE_SECONDS)
+
+    async def forward_signals(signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            stopping.set()
+            for process in processes.values():
+                if process.returncode is None:
+                    process.send_signal(signum)
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(forward_signals, signals)
+            async with trio.open_nursery() as workers:
+                for index in range(count):
+                    workers.start_soon(keep_running, index)
+            outer.cancel_scope.cancel()
+    return 0
+
+
+def run(count: int, argv: list[str]) -> int:
+    return trio.run(supervise, count, dict(os.environ), argv)
