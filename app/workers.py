@@ -34,9 +34,10 @@ def worker_env(env: Mapping[str, str], index: int) -> dict[str, str]:
 
 
 async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
-    """Run ``count`` copies of ``python -m app <argv>`` until a signal stops them all."""
+    """Run ``count`` copies of ``python -m app <argv>`` until a signal stops them all; their exit code."""
     stopping = trio.Event()
     processes: dict[int, trio.Process] = {}
+    exit_codes: list[int] = []
 
     async def keep_running(index: int) -> None:
         while True:
@@ -51,6 +52,7 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
             code = await process.wait()
             if stopping.is_set():
                 log.info("worker %d stopped (exit %d)", index, code)
+                exit_codes.append(code)
                 return
             log.error("worker %d exited on its own (exit %d); starting it again", index, code)
             await trio.sleep(RESTART_PAUSE_SECONDS)
@@ -69,7 +71,8 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
                 for index in range(count):
                     workers.start_soon(keep_running, index)
             outer.cancel_scope.cancel()
-    return 0
+    # 0 when every copy shut down cleanly; else the first failure's code.
+    return next((code for code in exit_codes if code != 0), 0)
 
 
 def run(count: int, argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -30,7 +30,8 @@ def free_port() -> int:
 class GatewayProcess:
     """``python -m app`` on ports of its own; can be killed and started again."""
 
-    def __init__(self, env: Mapping[str, str], log_path: str | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: str | None = None, args: Sequence[str] = ()) -> None:
+        self.args = list(args)
         self.ports = {name: free_port() for name in ("gateway", "application", "infrastructure", "transaction")}
         self.env = {
             **os.environ,
@@ -47,11 +48,11 @@ class GatewayProcess:
         if self.log_path:
             with open(self.log_path, "ab") as log:
                 self.process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "app"], env=self.env, cwd=str(ROOT), stderr=log, stdout=log
+                    [sys.executable, "-m", "app", *self.args], env=self.env, cwd=str(ROOT), stderr=log, stdout=log
                 )
         else:
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "app"], env=self.env, cwd=str(ROOT), stderr=subprocess.DEVNULL
+                [sys.executable, "-m", "app", *self.args], env=self.env, cwd=str(ROOT), stderr=subprocess.DEVNULL
             )
         await wait_ready(self.url(ready_listener))
 

@@ -7,6 +7,7 @@ its own routes added; all share the process's metrics registry.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -73,7 +74,7 @@ def create_listener_app(
 
     @app.get("/health")
     async def health() -> Response:
-        return json_response({"status": "alive", "listener": name}, 200)
+        return json_response({"status": "alive", "listener": name, "pid": os.getpid()}, 200)
 
     @app.get("/ready")
     async def ready() -> Response:

@@ -1,0 +1,74 @@
+"""``--workers N``: copies of the process share the ports; the supervisor keeps them running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from tests.conftest import ROOT, wait_ready
+from tests.kafka_reader import KafkaReader
+from tests.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+async def pids_answering(url: str, connections: int) -> set[int]:
+    """The worker pid behind each of ``connections`` fresh connections."""
+    pids: set[int] = set()
+    for _ in range(connections):
+        async with httpx.AsyncClient() as client:  # a new connection each time
+            pids.add((await client.get(f"{url}/health")).json()["pid"])
+    return pids
+
+
+async def test_two_workers_share_the_port_and_are_restarted_when_they_die(
+    gateway_env: dict[str, str], kafka: KafkaReader
+) -> None:
+    port = free_port()
+    env = {**os.environ, **gateway_env, "APPLICATION_PORT": str(port), "LOG_LEVEL": "WARNING"}
+    supervisor = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "app", "--workers", "2", "--role", "application"],
+        cwd=str(ROOT), env=env, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url)
+        with trio.fail_after(30):
+            while len(workers := {c.pid for c in psutil.Process(supervisor.pid).children()}) < 2:
+                await trio.sleep(0.1)
+            while (pids := await pids_answering(url, 40)) != workers:
+                await trio.sleep(0.2)  # the second copy may still be starting
+        assert pids == workers, "the kernel spread connections over both copies"
+
+        async with httpx.AsyncClient(base_url=url) as client:
+            answers = [
+                await client.post("/api/v1/logs", json={"source": "w", "level": "INFO", "message": str(n)})
+                for n in range(10)
+            ]
+        assert [a.status_code for a in answers] == [202] * 10
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        with trio.fail_after(30):
+            while len(replaced := {c.pid for c in psutil.Process(supervisor.pid).children()} - {victim}) < 2:
+                await trio.sleep(0.1)
+        assert victim not in replaced
+        await wait_ready(url)
+
+        supervisor.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            assert await supervisor.wait() == 0
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in replaced)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+    records = await kafka.read(gateway_env["APPLICATION_TOPIC"], count=10, settle=0.5)
+    assert {r.headers["event-id"].decode() for r in records} == {a.json()["eventId"] for a in answers}
