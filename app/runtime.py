@@ -244,8 +244,13 @@ def build_apps(
         shipper.register(app)
         apps[name] = (app, getattr(settings, f"{name}_port"))
     if "gateway" in roles:
-        gateway_checks = [check for name in shippers for check in checks[name]]
-        gateway_checks += [partial(upstream.ready, settings.ready_timeout) for upstream in upstreams.values()]
+        # Ready when its main stream, application logs, can be taken: a load balancer that drops
+        # the gateway drops every stream, so one shipper's trouble must not decide it alone.
+        gateway_checks = (
+            checks["application"]
+            if "application" in shippers
+            else [partial(upstreams["application"].ready, settings.ready_timeout)]
+        )
         gateway = route_in_process(listener("gateway", gateway_checks), list(shippers.values()))
         for name, upstream in upstreams.items():
             route_remote(gateway, upstream, REMOTE_ROUTES[name], OPENAPI_PATHS[name]())

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +38,8 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def gateway(ready: str, *infra_args: str, **env: str) -> Iterator[dict[str, int]]:
-    """``make infra-up``, then ``python -m app`` on free ports (yielded by listener) until the block ends."""
+def gateway(ready: str, *infra_args: str, args: Sequence[str] = (), **env: str) -> Iterator[dict[str, int]]:
+    """``make infra-up``, then ``python -m app [args]`` on free ports (yielded by listener) until the block ends."""
     served = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "infra.py"), "up", *infra_args], check=True, capture_output=True, text=True
     ).stdout
@@ -49,10 +51,31 @@ def gateway(ready: str, *infra_args: str, **env: str) -> Iterator[dict[str, int]
         **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **env,
     }
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{ports[ready]}")
         yield ports
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def require_hey() -> None:
+    if shutil.which("hey") is None:
+        raise SystemExit("hey is missing: apt-get install hey (or bash .ci/install-system-deps.sh --bench)")
+
+
+def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str, float]:
+    """One ``hey`` run: requests/s, p50 and p99 in ms, 202 answers and other answers."""
+    out = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", "application/json", "-D", body_file, *extra, url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for q in ("50", "99"):
+        match = re.search(rf"{q}% in ([\d.]+) secs", out)
+        result[f"p{q}"] = float(match.group(1)) * 1000 if match else float("nan")
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    result["ok"] = float(codes.get("202", 0))
+    result["other"] = float(sum(int(v) for k, v in codes.items() if k != "202"))
+    return result

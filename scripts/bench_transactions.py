@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,34 +24,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_support import gateway  # noqa: E402
+from scripts.bench_support import gateway, hey, require_hey  # noqa: E402
+
 SINGLE = json.dumps({"userId": "user-1", "type": "PAYMENT", "amount": 99.99, "currency": "USD"})
 BATCH = json.dumps(
     {"transactions": [{"userId": f"user-{i}", "type": "PAYMENT", "amount": "99.99", "currency": "USD"} for i in range(100)]}
 )
 
 
-def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str, float]:
-    out = subprocess.run(
-        ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", "application/json", "-D", body_file, *extra, url],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    for q in ("50", "99"):
-        match = re.search(rf"{q}% in ([\d.]+) secs", out)
-        result[f"p{q}"] = float(match.group(1)) * 1000 if match else float("nan")
-    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-    result["ok"] = float(codes.get("202", 0))
-    result["other"] = float(sum(int(v) for k, v in codes.items() if k != "202"))
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    if shutil.which("hey") is None:
-        raise SystemExit("hey is missing: apt-get install hey (or bash .ci/install-system-deps.sh --bench)")
+    require_hey()
     with gateway("transaction") as ports:
         url = f"http://127.0.0.1:{ports['transaction']}"
         with tempfile.TemporaryDirectory() as tmp:

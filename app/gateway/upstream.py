@@ -20,9 +20,9 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpcore
 import trio
 
+from app.gateway.client import Answer, ConnectFailed, Origin, Pool, PoolBusy, UpstreamBroken, UpstreamTimeout
 from app.http.errors import HTTPError
 from app.observability.metrics import Metrics
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 RESOLVE_EVERY_SECONDS = 5.0
 DOWN_SECONDS = 2.0
-MAX_RESPONSE_BYTES = 1024 * 1024
 
 # Hop-by-hop headers (RFC 9110, 7.6.1) and those the proxy sets itself.
 _NOT_FORWARDED = frozenset(
@@ -67,15 +66,9 @@ class Instance:
     address: str
     down_until: float = -math.inf
 
-    def url(self, target: bytes) -> httpcore.URL:
-        return httpcore.URL(scheme=self.base.scheme.encode(), host=self.address.encode(), port=self.base.port, target=target)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.base.scheme, self.address, self.base.port, self.base.host)
 
 
 class Upstream:
@@ -96,10 +89,7 @@ class Upstream:
         self.name = name
         self._bases = [Base.parse(url) for url in urls]
         self._metrics = metrics
-        self._timeouts = {"connect": connect_timeout, "read": timeout, "write": timeout, "pool": connect_timeout}
-        self._pool = httpcore.AsyncConnectionPool(
-            max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60.0
-        )
+        self._pool = Pool(max_connections=max_connections, connect_timeout=connect_timeout, timeout=timeout)
         self._instances: list[Instance] = []
         self._turn = itertools.count()
 
@@ -109,12 +99,15 @@ class Upstream:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the instance list fresh; close the pool when cancelled."""
-        async with self._pool:
+        try:
             await self.resolve()
             task_status.started()
             while True:
                 await trio.sleep(RESOLVE_EVERY_SECONDS)
                 await self.resolve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._pool.aclose()
 
     async def resolve(self) -> None:
         known = {(i.base, i.address): i for i in self._instances}
@@ -154,31 +147,23 @@ class Upstream:
                 (b"Host", instance.base.authority.encode()), (b"Content-Length", str(len(body)).encode()), *forwarded
             ]
             try:
-                response = await self._pool.request(
-                    method.encode(),
-                    instance.url(target),
-                    headers=request_headers,
-                    content=body,
-                    extensions={"timeout": self._timeouts},
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                answer = await self._pool.request(instance.origin, method.encode(), target, request_headers, body)
+            except ConnectFailed as error:
                 instance.down_until = trio.current_time() + DOWN_SECONDS
                 self._metrics.upstream_errors.labels(self.name, "connect").inc()
-                log.warning("%s upstream %s:%d: %r", self.name, instance.address, instance.base.port, error)
+                log.warning("%s upstream %s:%d: %s", self.name, instance.address, instance.base.port, error)
                 continue
-            except httpcore.PoolTimeout:
+            except PoolBusy:
                 raise self._refusal(
                     503, "gateway busy", f"every connection to the {self.name} shipper is in use; retry later",
                     metric="pool",
                 ) from None
-            except httpcore.TimeoutException:
+            except UpstreamTimeout:
                 raise self._refusal(504, "upstream timeout", f"the {self.name} shipper did not answer in time") from None
-            except httpcore.NetworkError as error:
-                raise self._refusal(502, "upstream failed", f"the {self.name} shipper: {error!r}") from None
-            except httpcore.ProtocolError as error:
-                raise self._refusal(502, "upstream failed", f"the {self.name} shipper: {error!r}") from None
-            answer_headers = [(k, v) for k, v in response.headers if k.lower() not in _NOT_FORWARDED]
-            return Answer(response.status, answer_headers, response.content[:MAX_RESPONSE_BYTES])
+            except UpstreamBroken as error:
+                raise self._refusal(502, "upstream failed", f"the {self.name} shipper: {error}") from None
+            answer_headers = [(k, v) for k, v in answer.headers if k.lower() not in _NOT_FORWARDED]
+            return Answer(answer.status, answer_headers, answer.body)
         raise self._refusal(503, "upstream unavailable", f"no instance of the {self.name} shipper accepts connections")
 
     def _refusal(self, status: int, error: str, detail: str, *, metric: str | None = None) -> HTTPError:
@@ -191,14 +176,13 @@ class Upstream:
         for instance in self._candidates():
             try:
                 with trio.fail_after(timeout):
-                    response = await self._pool.request(
-                        b"GET", instance.url(b"/ready"), headers=[(b"Host", instance.base.authority.encode())],
-                        extensions={"timeout": self._timeouts},
+                    answer = await self._pool.request(
+                        instance.origin, b"GET", b"/ready", [(b"Host", instance.base.authority.encode())]
                     )
-            except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, trio.TooSlowError) as error:
+            except (ConnectFailed, PoolBusy, UpstreamTimeout, UpstreamBroken, trio.TooSlowError) as error:
                 last = f"{instance.address}:{instance.base.port}: {error!r}"
                 continue
-            if response.status == 200:
+            if answer.status == 200:
                 return None
-            last = f"{instance.address}:{instance.base.port} answered {response.status}"
+            last = f"{instance.address}:{instance.base.port} answered {answer.status}"
         return f"{self.name} shipper not ready ({last})"
