@@ -42,6 +42,10 @@ PERMANENT_ERRORS = frozenset(
     }
 )
 
+# The producer's own failures after a fatal error, not Kafka's verdict: the replacement producer
+# sends these records again (to their topic, not to the dead-letter topic).
+RESEND_ERRORS = frozenset({"_PURGE_QUEUE", "_FATAL"})
+
 
 class Outcome(enum.Enum):
     ACCEPTED = "accepted"
@@ -87,6 +91,7 @@ class ProducerProfile:
         self._drain_scope = trio.CancelScope()
         self._room = trio.Event()
         self._pending_dead_letters: list[Record] = []
+        self._pending_resends: list[Record] = []
         self._poll_limiter = trio.CapacityLimiter(1)
         self._probe_limiter = trio.CapacityLimiter(1)
         self._probe_at = -math.inf
@@ -177,7 +182,7 @@ class ProducerProfile:
                 self._apply(await trio.to_thread.run_sync(retired.poll, 0, limiter=self._poll_limiter))
                 if not retired.queued():
                     self._retired.remove(retired)
-            self._retry_dead_letters()
+            self._send_pending()
 
     async def _probe_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """While the breaker is half-open, ask Kafka for metadata: its answer closes the breaker."""
@@ -200,12 +205,12 @@ class ProducerProfile:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(remaining_time + 1.0):
                 for _ in range(3):
-                    self._retry_dead_letters()
+                    self._send_pending()
                     deliveries, remaining = await trio.to_thread.run_sync(
                         self._producer.flush, remaining_time, limiter=self._poll_limiter
                     )
                     self._apply(deliveries)
-                    if not self._pending_dead_letters:
+                    if not self._pending_dead_letters and not self._pending_resends:
                         break
         if self.buffered_events:
             log.error("%s: %d accepted events not settled by Kafka at shutdown", self.name, self.buffered_events)
@@ -243,6 +248,9 @@ class ProducerProfile:
     def _settle_failures(self, failures: list[Failure]) -> None:
         for failure in failures:
             self._metrics.producer_error.labels(self.name, failure.topic, failure.error).inc()
+            if failure.topic == self.topic and failure.error in RESEND_ERRORS and self._recreate is not None:
+                self._pending_resends.append(failure.record)  # stays counted in the buffer
+                continue
             if failure.topic == self.dead_letter_topic:
                 if failure.error not in PERMANENT_ERRORS and not self._closed:
                     self._pending_dead_letters.append(failure.record)  # Kafka away: send it again
@@ -270,7 +278,14 @@ class ProducerProfile:
         self._producer = self._recreate()
         log.warning("%s: producer recreated after a fatal error", self.name)
 
-    def _retry_dead_letters(self) -> None:
+    def _send_pending(self) -> None:
+        """Hand librdkafka the records to send again and the dead letters not yet taken."""
+        if self._pending_resends:
+            pending = self._pending_resends
+            index, failures = self._producer.produce(self.topic, pending)
+            self._pending_resends = pending[index:]
+            if failures:
+                self._settle_failures(failures)
         if not self._pending_dead_letters:
             return
         pending = self._pending_dead_letters

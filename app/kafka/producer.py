@@ -138,7 +138,10 @@ class KafkaProducer:
 
     def poll(self, timeout: float) -> Deliveries:
         """Serve delivery reports and client errors for up to ``timeout`` seconds. Blocking."""
-        self._producer.poll(timeout)
+        try:
+            self._producer.poll(timeout)
+        except (confluent_kafka.KafkaException, SystemError) as error:
+            self._client_errors.append(_raised_error(error))
         return self._collect()
 
     def flush(self, timeout: float) -> tuple[Deliveries, int]:
@@ -146,7 +149,11 @@ class KafkaProducer:
 
         Returns the reports and the number of records still not settled.
         """
-        remaining = self._producer.flush(timeout)
+        try:
+            remaining = self._producer.flush(timeout)
+        except (confluent_kafka.KafkaException, SystemError) as error:
+            self._client_errors.append(_raised_error(error))
+            remaining = len(self._producer)
         return self._collect(), int(remaining)
 
     def queued(self) -> int:
@@ -179,3 +186,18 @@ class KafkaProducer:
             error = errors.popleft()
             out.client_errors.append((error.name(), error.str(), error.fatal()))
         return out
+
+
+def _raised_error(error: Exception) -> Any:
+    """The ``KafkaError`` that ``poll`` or ``flush`` raised; anything else is raised again.
+
+    confluent-kafka raises a fatal error from ``poll``/``flush`` instead of passing it to
+    ``error_cb``. When a delivery callback runs after it within the same call, the error
+    surfaces as a ``SystemError`` caused by it.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, confluent_kafka.KafkaException):
+            return cause.args[0]
+        cause = cause.__cause__ or cause.__context__
+    raise error
