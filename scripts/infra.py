@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Local infrastructure for the gateway: Apache Kafka (KRaft) and PostgreSQL on 127.0.0.1.
+"""Local infrastructure for the gateway: Apache Kafka (KRaft), PostgreSQL and Prometheus on 127.0.0.1.
 
 Standard library only: this script runs before the project's virtualenv has any packages.
 
 Commands::
 
     python3 scripts/infra.py fetch                  # resolve the Kafka jars with Maven (no-op when current)
-    python3 scripts/infra.py up [--kafka-nodes 1|3] [--no-postgres] [--no-kafka]
+    python3 scripts/infra.py up [--kafka-nodes 1|3] [--no-postgres] [--no-kafka] [--no-prometheus]
     python3 scripts/infra.py status                 # one line per component; exit 0 when all expected are up
-    python3 scripts/infra.py down [--kafka-nodes 1|3|all] [--no-postgres] [--no-kafka]
+    python3 scripts/infra.py down [--kafka-nodes 1|3|all] [--no-postgres] [--no-kafka] [--no-prometheus]
     python3 scripts/infra.py kill-broker N [--kafka-nodes 1|3]   # SIGKILL broker N (fault tests)
     python3 scripts/infra.py start-broker N [--kafka-nodes 1|3]  # start broker N again, wait until it serves
     python3 scripts/infra.py reset                  # down + delete all data (the jars are kept)
@@ -31,6 +31,11 @@ The Kafka command-line tools are on the same classpath, e.g.
 
 The same lines are written to ``$INFRA_DIR/infra.env``.
 
+Prometheus (when ``prometheus`` is on PATH, Debian's package) runs with ``ops/prometheus/prometheus.yml``, the
+file the compose stack uses too; it scrapes the listeners named in ``ops/prometheus/targets/local.json``
+(127.0.0.1:8080..8083, where ``make run`` serves them), evaluates ``ops/prometheus/alerts.yml``, and keeps its
+data in ``$INFRA_DIR/prometheus``. When the port is taken by another process, ``up`` says so and goes on without it.
+
 Kafka modes: a single combined broker+controller (``--kafka-nodes 1``, data in ``$INFRA_DIR/kafka-1node``) or
 three combined nodes (``--kafka-nodes 3``, data in ``$INFRA_DIR/kafka-3node/node-N``). Both modes use the same
 ports, so they never run at the same time: ``up`` in one mode first stops the other mode (with a message on
@@ -41,6 +46,7 @@ Environment:
     KAFKA_PORT_BASE  first Kafka port (default 9092). Node N uses base+2(N-1) (PLAINTEXT) and base+2(N-1)+1
                      (CONTROLLER): 9092/9093, 9094/9095, 9096/9097.
     PG_PORT          PostgreSQL TCP port (default 5433, so a Debian default cluster on 5432 does not clash).
+    PROMETHEUS_PORT  Prometheus web port (default 9090).
     KAFKA_SECURE     "1": the single node also listens with SASL_PLAINTEXT (base+10), SSL (base+11) and
                      SASL_SSL (base+12); SASL user gateway/gateway-secret with PLAIN, SCRAM-SHA-256 and
                      SCRAM-SHA-512; TLS from a CA made under $INFRA_DIR/tls (for the gateway's security tests).
@@ -75,6 +81,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -83,6 +90,7 @@ from typing import IO, Literal
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM_FILE = REPO_ROOT / "ops" / "kafka" / "pom.xml"
 LOG4J_CONFIG = REPO_ROOT / "ops" / "kafka" / "log4j2.yaml"
+PROMETHEUS_CONFIG = REPO_ROOT / "ops" / "prometheus" / "prometheus.yml"
 
 KAFKA_HEAP = "512m"
 KAFKA_JVM_FLAGS = (
@@ -106,6 +114,9 @@ PG_APP_PASSWORD = "gateway"
 PG_APP_DATABASE = "gateway"
 PG_START_TIMEOUT_S = 60
 PG_READY_TIMEOUT_S = 60.0
+
+PROMETHEUS_READY_TIMEOUT_S = 30.0
+PROMETHEUS_STOP_TIMEOUT_S = 10.0
 
 LOG_TAIL_LINES = 40
 POLL_INTERVAL_S = 0.2
@@ -141,16 +152,18 @@ class Settings:
     kafka_port_base: int = 9092
     pg_port: int = 5433
     kafka_secure: bool = False
+    prometheus_port: int = 9090
 
     @classmethod
     def from_env(cls) -> "Settings":
-        """Build settings from ``INFRA_DIR``, ``KAFKA_PORT_BASE`` and ``PG_PORT``."""
+        """Build settings from ``INFRA_DIR``, ``KAFKA_PORT_BASE``, ``PG_PORT`` and ``PROMETHEUS_PORT``."""
         infra_dir = Path(os.environ.get("INFRA_DIR") or REPO_ROOT / ".local").expanduser().absolute()
         return cls(
             infra_dir=infra_dir,
             kafka_port_base=_env_port("KAFKA_PORT_BASE", 9092),
             pg_port=_env_port("PG_PORT", 5433),
             kafka_secure=os.environ.get("KAFKA_SECURE", "") == "1",
+            prometheus_port=_env_port("PROMETHEUS_PORT", 9090),
         )
 
     @property
@@ -200,6 +213,25 @@ class Settings:
     def pg_log(self) -> Path:
         """PostgreSQL server log (``pg_ctl -l``)."""
         return self.pg_run / "postgres.log"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        """Prometheus's TSDB (``data``), pid file and log."""
+        return self.infra_dir / "prometheus"
+
+    @property
+    def prometheus_data(self) -> Path:
+        """``--storage.tsdb.path``; also what tells our Prometheus from others in /proc."""
+        return self.prometheus_dir / "data"
+
+    @property
+    def prometheus_pid_file(self) -> Path:
+        return self.prometheus_dir / "prometheus.pid"
+
+    @property
+    def prometheus_log(self) -> Path:
+        """Prometheus's output of the current run."""
+        return self.prometheus_dir / "prometheus.log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,6 +460,7 @@ class _State:
 
     kafka_mode: int | None = None
     postgres: bool = False
+    prometheus: bool = False
 
 
 def _load_state(s: Settings) -> _State:
@@ -436,7 +469,11 @@ def _load_state(s: Settings) -> _State:
     except (FileNotFoundError, ValueError):
         return _State()
     mode = raw.get("kafka_mode")
-    return _State(kafka_mode=mode if mode in KAFKA_MODES else None, postgres=bool(raw.get("postgres")))
+    return _State(
+        kafka_mode=mode if mode in KAFKA_MODES else None,
+        postgres=bool(raw.get("postgres")),
+        prometheus=bool(raw.get("prometheus")),
+    )
 
 
 def _save_state(s: Settings, state: _State) -> None:
@@ -1254,15 +1291,124 @@ def _pg_down(s: Settings) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Prometheus
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _is_our_prometheus(pid: int, s: Settings) -> bool:
+    """True when ``pid`` is a Prometheus keeping its data in this ``INFRA_DIR`` (guards against reused pids)."""
+    args = _cmdline(pid)
+    return args is not None and f"--storage.tsdb.path={s.prometheus_data}" in args
+
+
+def prometheus_pid(s: Settings | None = None) -> int | None:
+    """PID of the running Prometheus of this ``INFRA_DIR``, from its pid file or, failing that, by scanning /proc."""
+    s = s or settings()
+    pid = _read_pid(s.prometheus_pid_file)
+    if pid is not None:
+        child = _children.get(pid)
+        if child is not None and child.poll() is None:
+            return pid
+        if _is_our_prometheus(pid, s):
+            return pid
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _is_our_prometheus(int(entry.name), s):
+            return int(entry.name)
+    return None
+
+
+def _prometheus_ready(s: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.prometheus_port}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _prometheus_up(s: Settings) -> bool:
+    """Start Prometheus (unless running) and wait until it serves; False when not installed or its port is taken."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        log("prometheus not found on PATH; not starting it (apt-get install prometheus)")
+        return False
+    if prometheus_pid(s) is None:
+        if _tcp_open(s.prometheus_port):
+            log(f"port 127.0.0.1:{s.prometheus_port} is in use by another process; not starting Prometheus "
+                "(set PROMETHEUS_PORT)")
+            return False
+        s.prometheus_data.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            binary,
+            f"--config.file={PROMETHEUS_CONFIG}",
+            f"--storage.tsdb.path={s.prometheus_data}",
+            f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+        ]
+        with s.prometheus_log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=s.prometheus_dir,
+                start_new_session=True,
+                close_fds=True,
+            )
+        _children[proc.pid] = proc
+        _write_text(s.prometheus_pid_file, f"{proc.pid}\n")
+        log(f"started Prometheus (pid {proc.pid}, 127.0.0.1:{s.prometheus_port})")
+    deadline = time.monotonic() + PROMETHEUS_READY_TIMEOUT_S
+    while not _prometheus_ready(s):
+        if prometheus_pid(s) is None:
+            raise InfraError(
+                f"Prometheus exited during startup. Last {LOG_TAIL_LINES} lines of {s.prometheus_log}:\n"
+                + _tail(s.prometheus_log)
+            )
+        if time.monotonic() > deadline:
+            raise InfraError(
+                f"Prometheus not ready after {PROMETHEUS_READY_TIMEOUT_S:.0f}s. Last lines of {s.prometheus_log}:\n"
+                + _tail(s.prometheus_log)
+            )
+        time.sleep(POLL_INTERVAL_S)
+    log(f"Prometheus ready on http://127.0.0.1:{s.prometheus_port} ({PROMETHEUS_CONFIG.relative_to(REPO_ROOT)})")
+    return True
+
+
+def _prometheus_down(s: Settings) -> None:
+    """SIGTERM, SIGKILL after 10 s, when running."""
+    pid = prometheus_pid(s)
+    if pid is not None:
+        log(f"stopping Prometheus (pid {pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + PROMETHEUS_STOP_TIMEOUT_S
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_S)
+        if _pid_alive(pid):
+            log(f"Prometheus did not stop within {PROMETHEUS_STOP_TIMEOUT_S:.0f}s; sending SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.05)
+    s.prometheus_pid_file.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Public operations
 # --------------------------------------------------------------------------------------------------------------
 
 
-def up(kafka_nodes: int = 1, postgres: bool = True, kafka: bool = True, s: Settings | None = None) -> dict[str, str]:
+def up(
+    kafka_nodes: int = 1,
+    postgres: bool = True,
+    kafka: bool = True,
+    prometheus: bool = True,
+    s: Settings | None = None,
+) -> dict[str, str]:
     """Bring the stack up (idempotent) and return the environment for the application.
 
     ``kafka_nodes`` is 1 or 3; starting one Kafka mode stops the other one first (they share ports).
     Returns ``{"KAFKA_BOOTSTRAP_SERVERS": ..., "DATABASE_URL": ...}`` (keys omitted for skipped components).
+    Prometheus is started too when it is installed and its port is free (see the module docstring).
     """
     s = s or settings()
     _check_mode(kafka_nodes)
@@ -1290,12 +1436,21 @@ def up(kafka_nodes: int = 1, postgres: bool = True, kafka: bool = True, s: Setti
             env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers(mode, s)
         if postgres:
             env["DATABASE_URL"] = database_url(s)
+        if prometheus and _prometheus_up(s) and not state.prometheus:
+            state.prometheus = True
+            _save_state(s, state)
         _write_text(s.env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
     return env
 
 
-def down(kafka_nodes: int | str = "all", postgres: bool = True, kafka: bool = True, s: Settings | None = None) -> None:
-    """Stop brokers (SIGTERM, SIGKILL after 30 s) and PostgreSQL (``pg_ctl stop -m fast``). Idempotent."""
+def down(
+    kafka_nodes: int | str = "all",
+    postgres: bool = True,
+    kafka: bool = True,
+    prometheus: bool = True,
+    s: Settings | None = None,
+) -> None:
+    """Stop brokers (SIGTERM, SIGKILL after 30 s), PostgreSQL (``pg_ctl stop -m fast``) and Prometheus. Idempotent."""
     s = s or settings()
     if kafka_nodes == "all":
         modes: list[KafkaMode] = [1, 3]
@@ -1314,6 +1469,9 @@ def down(kafka_nodes: int | str = "all", postgres: bool = True, kafka: bool = Tr
         if postgres:
             _pg_down(s)
             state.postgres = False
+        if prometheus:
+            _prometheus_down(s)
+            state.prometheus = False
         _save_state(s, state)
 
 
@@ -1359,7 +1517,7 @@ def status(s: Settings | None = None) -> tuple[bool, list[str]]:
     """
     s = s or settings()
     state = _load_state(s)
-    if state.kafka_mode is None and not state.postgres:
+    if state.kafka_mode is None and not state.postgres and not state.prometheus:
         state = _State(kafka_mode=1, postgres=True)
     ok = True
     lines: list[str] = []
@@ -1391,17 +1549,25 @@ def status(s: Settings | None = None) -> tuple[bool, list[str]]:
         f"postgres: {'up' if pg_up else 'down'}{suffix} pid={postgres_pid(s) if pg_up else '-'} "
         f"address=127.0.0.1:{s.pg_port} data={s.pg_data}"
     )
+    prom_pid = prometheus_pid(s)
+    prom_up = prom_pid is not None and _prometheus_ready(s)
+    ok = ok and (prom_up or not state.prometheus)
+    suffix = "" if state.prometheus else " (not expected)"
+    lines.append(
+        f"prometheus: {'up' if prom_up else 'down'}{suffix} pid={prom_pid or '-'} "
+        f"address=127.0.0.1:{s.prometheus_port} config={PROMETHEUS_CONFIG}"
+    )
     return ok, lines
 
 
 def reset(s: Settings | None = None) -> None:
-    """``down`` everything, then delete Kafka and PostgreSQL data (the jars in ``kafka/lib`` are kept)."""
+    """``down`` everything, then delete Kafka, PostgreSQL and Prometheus data (the jars in ``kafka/lib`` are kept)."""
     s = s or settings()
     if not s.infra_dir.exists():
         return
     with _locked(s):
         down("all", s=s)
-        for path in (s.kafka_mode_dir(1), s.kafka_mode_dir(3), s.pg_data, s.pg_run):
+        for path in (s.kafka_mode_dir(1), s.kafka_mode_dir(3), s.pg_data, s.pg_run, s.prometheus_dir):
             if path.exists():
                 log(f"deleting {path}")
                 shutil.rmtree(path)
@@ -1421,10 +1587,15 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    if args.no_kafka and args.no_postgres:
-        raise InfraError("nothing to do with both --no-kafka and --no-postgres")
+    if args.no_kafka and args.no_postgres and args.no_prometheus:
+        raise InfraError("nothing to do with --no-kafka, --no-postgres and --no-prometheus")
     started = time.monotonic()
-    env = up(kafka_nodes=args.kafka_nodes, postgres=not args.no_postgres, kafka=not args.no_kafka)
+    env = up(
+        kafka_nodes=args.kafka_nodes,
+        postgres=not args.no_postgres,
+        kafka=not args.no_kafka,
+        prometheus=not args.no_prometheus,
+    )
     log(f"up in {time.monotonic() - started:.1f}s")
     for key, value in env.items():
         print(f"{key}={value}")
@@ -1432,7 +1603,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    down(args.kafka_nodes, postgres=not args.no_postgres, kafka=not args.no_kafka)
+    down(args.kafka_nodes, postgres=not args.no_postgres, kafka=not args.no_kafka, prometheus=not args.no_prometheus)
     return 0
 
 
@@ -1462,8 +1633,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="infra.py",
-        description="Local Kafka (KRaft) and PostgreSQL for development and tests. State lives in $INFRA_DIR "
-        "(default <repo>/.local).",
+        description="Local Kafka (KRaft), PostgreSQL and Prometheus for development and tests. "
+        "State lives in $INFRA_DIR (default <repo>/.local).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1471,7 +1642,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="fetch again even when the jars are complete")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("up", help="start Kafka and PostgreSQL (idempotent); prints KEY=value lines on stdout")
+    p = sub.add_parser(
+        "up", help="start Kafka, PostgreSQL and Prometheus (idempotent); prints KEY=value lines on stdout"
+    )
     p.add_argument(
         "--kafka-nodes",
         type=int,
@@ -1481,12 +1654,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-postgres", action="store_true", help="do not start PostgreSQL")
     p.add_argument("--no-kafka", action="store_true", help="do not start Kafka")
+    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     p.set_defaults(func=_cmd_up)
 
-    p = sub.add_parser("down", help="stop brokers and PostgreSQL (idempotent)")
+    p = sub.add_parser("down", help="stop brokers, PostgreSQL and Prometheus (idempotent)")
     p.add_argument("--kafka-nodes", choices=("1", "3", "all"), default="all", help="which Kafka mode to stop")
     p.add_argument("--no-postgres", action="store_true", help="leave PostgreSQL running")
     p.add_argument("--no-kafka", action="store_true", help="leave Kafka running")
+    p.add_argument("--no-prometheus", action="store_true", help="leave Prometheus running")
     p.set_defaults(func=_cmd_down)
 
     p = sub.add_parser("status", help="one line per component; exit 0 when everything expected is up")
@@ -1514,7 +1689,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_start_broker)
 
-    p = sub.add_parser("reset", help="down, then delete all Kafka and PostgreSQL data (keeps the jars)")
+    p = sub.add_parser("reset", help="down, then delete all Kafka, PostgreSQL and Prometheus data (keeps the jars)")
     p.set_defaults(func=_cmd_reset)
     return parser
 

@@ -152,7 +152,7 @@ class PrivateKafka:
         )
 
     def up(self) -> None:
-        self._infra("up", "--no-postgres")
+        self._infra("up", "--no-postgres", "--no-prometheus")
 
     def down(self) -> None:
         self._infra("down", "--no-postgres")
