@@ -1,15 +1,21 @@
-"""A lean open-loop HTTP/1.1 client on trio sockets, for load tests that must not be client-bound.
+"""A lean HTTP/1.1 client on trio sockets, for load tests that must not be client-bound.
 
-Requests leave on a fixed schedule, each on an idle keep-alive connection (a new one when
-none is idle), so a slow answer never delays the next request (no coordinated omission).
-Latency is measured from the scheduled time.
+Keep-alive connections and Content-Length bodies, nothing more: enough for the gateway's
+answers, and far cheaper per request than a general-purpose client. ``open_loop`` sends on a
+fixed schedule, each request on an idle keep-alive connection (a new one when none is idle),
+so a slow answer never delays the next request (no coordinated omission). Latency is measured
+from the scheduled time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import trio
+
+# What a failed exchange raises: the request's outcome is unknown.
+TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,71 +25,112 @@ class Answer:
     latency: float  # from the scheduled time to the end of the answer
 
 
-def request_bytes(host: str, path: str, body: bytes, content_type: str = "application/json") -> bytes:
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+
+
+def request_bytes(
+    host: str,
+    path: str,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
     ).encode() + body
 
 
-class _Connection:
+def send_times(rate: float, count: int) -> Iterator[float]:
+    """The fixed schedule of an open loop: ``count`` send times, in seconds from the start."""
+    return (i / rate for i in range(count))
+
+
+class Connection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
         self.reusable = True
 
-    async def exchange(self, request: bytes) -> int:
+    async def _receive(self) -> None:
+        chunk = await self.stream.receive_some(65536)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        self.buffer += chunk
+
+    async def exchange(self, request: bytes) -> Reply:
         await self.stream.send_all(request)
         while b"\r\n\r\n" not in self.buffer:
-            chunk = await self.stream.receive_some(65536)
-            if not chunk:
-                raise ConnectionError("closed by the server")
-            self.buffer += chunk
-        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            await self._receive()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
+        try:
+            status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            raise ConnectionError(f"not an HTTP answer: {lines[0][:80]!r}") from None
         length = 0
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
                 length = int(value)
+            elif name == b"transfer-encoding":
+                raise ConnectionError("chunked answers are not supported")
             elif name == b"connection" and value.strip().lower() == b"close":
                 self.reusable = False
-        while len(rest) < length:
-            chunk = await self.stream.receive_some(65536)
-            if not chunk:
-                raise ConnectionError("closed by the server")
-            rest += chunk
-        self.buffer = rest[length:]
-        return status
+        while len(self.buffer) < length:
+            await self._receive()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return Reply(status, body)
+
+
+class Pool:
+    """Keep-alive connections to one address: a request takes an idle one, or opens one when none is idle."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._idle: list[Connection] = []
+
+    async def exchange(self, request: bytes) -> Reply:
+        """Send ``request`` and read its answer; a connection that fails (or is cancelled) is closed."""
+        connection = self._idle.pop() if self._idle else Connection(await trio.open_tcp_stream(self.host, self.port))
+        try:
+            reply = await connection.exchange(request)
+        except BaseException:
+            await trio.aclose_forcefully(connection.stream)
+            raise
+        if connection.reusable:
+            self._idle.append(connection)
+        else:
+            await connection.stream.aclose()
+        return reply
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._idle.pop().stream.aclose()
 
 
 async def open_loop(host: str, port: int, request: bytes, rate: float, seconds: float) -> list[Answer]:
-    """Send ``request`` ``rate`` times a second for ``seconds``; one answer per request."""
+    """Send ``request`` ``rate`` times a second for ``seconds``; one answer per request (status 0: failed)."""
     answers: list[Answer] = []
-    idle: list[_Connection] = []
+    pool = Pool(host, port)
 
     async def one(scheduled: float, start: float) -> None:
-        connection = idle.pop() if idle else _Connection(await trio.open_tcp_stream(host, port))
         try:
-            status = await connection.exchange(request)
-        except (ConnectionError, trio.BrokenResourceError, OSError):
-            answers.append(Answer(scheduled, 0, trio.current_time() - start - scheduled))
-            await connection.stream.aclose()
-            return
+            status = (await pool.exchange(request)).status
+        except TRANSPORT_ERRORS:
+            status = 0
         answers.append(Answer(scheduled, status, trio.current_time() - start - scheduled))
-        if connection.reusable:
-            idle.append(connection)
-        else:
-            await connection.stream.aclose()
 
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
-        for i in range(int(rate * seconds)):
-            scheduled = i / rate
+        for scheduled in send_times(rate, int(rate * seconds)):
             await trio.sleep_until(start + scheduled)
             nursery.start_soon(one, scheduled, start)
-    for connection in idle:
-        await connection.stream.aclose()
+    await pool.aclose()
     return answers
