@@ -37,6 +37,7 @@ have mvn || missing+=(maven)
 [[ -x $PG_SERVER_BIN ]] || missing+=(postgresql)
 have promtool || missing+=(prometheus)
 have openssl || missing+=(openssl)  # the test broker's TLS certificates (KAFKA_SECURE=1)
+have curl || missing+=(curl)  # scripts/test-producers.sh
 # --bench: also the HTTP load tools the benchmarks under scripts/ drive the gateway with.
 if [[ ${1:-} == --bench ]]; then
   have hey || missing+=(hey)
