@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload fuzz
+.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout fuzz
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-## infra-up: start the single-node Kafka and PostgreSQL (idempotent); prints the settings they serve
+## infra-up: start the single-node Kafka, PostgreSQL and Prometheus (idempotent); prints the settings they serve
 infra-up: deps
 	@$(INFRA) up
 
@@ -62,6 +62,16 @@ bench-transactions: venv
 	@bash .ci/install-system-deps.sh --bench
 	$(PY) scripts/bench_transactions.py
 	$(PY) scripts/bench_outbox_driver.py
+
+## bench-infrastructure: the host collector and agents' metrics at 3,000 events/s, as a table
+bench-infrastructure: venv
+	@bash .ci/install-system-deps.sh --bench
+	$(PY) scripts/bench_infrastructure.py
+
+## bench-scaleout: single-event throughput of one process, --workers 2, and a gateway before two shippers
+bench-scaleout: venv
+	@bash .ci/install-system-deps.sh --bench
+	$(PY) scripts/bench_scaleout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache *.egg-info
