@@ -1,8 +1,11 @@
 """The process: one nursery with the producer profiles, the listeners and their helpers.
 
-Start-up: producer tasks first, then the topic and schema setup (in the background, so
-the process comes up and reports not-ready while Kafka or PostgreSQL is away), then the
-four hypercorn listeners. Shutdown (SIGTERM, SIGINT or :meth:`Runtime.shutdown`): the
+The roles (``ROLES``, ``--role``) decide which listeners and profiles a process hosts; a
+gateway without a shipper forwards that shipper's routes to its remote instances.
+
+Start-up: the topic and schema setup and the remote shippers' resolvers (in the background,
+so the process comes up and reports not-ready while Kafka or PostgreSQL is away), the producer
+tasks and the host collector, then one hypercorn listener per role. Shutdown (SIGTERM, SIGINT or :meth:`Runtime.shutdown`): the
 listeners stop accepting and finish their requests within the graceful timeout; then every
 profile drains its buffer and flushes its producer within the flush timeout; exit 0.
 """
@@ -44,6 +47,7 @@ from app.shippers.collector import Collector
 from app.shippers.infrastructure import InfrastructureShipper
 from app.shippers.ingest import Submitter
 from app.shippers.transaction import TransactionShipper
+from app.status import page as status_page
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,7 @@ def profile_producer_config(settings: Settings, name: str) -> dict[str, Any]:
         connection=connection_config(settings),
         client_id=f"{settings.kafka_client_id}-{name}",
         max_message_bytes=max(1_000_000, settings.max_event_bytes + 64 * 1024),
+        statistics_interval_ms=settings.kafka_statistics_interval_ms,
     )
 
 
@@ -254,6 +259,7 @@ def build_apps(
         gateway = route_in_process(listener("gateway", gateway_checks), list(shippers.values()))
         for name, upstream in upstreams.items():
             route_remote(gateway, upstream, REMOTE_ROUTES[name], OPENAPI_PATHS[name]())
+        status_page.register(gateway, metrics)
         apps["gateway"] = (gateway, settings.gateway_port)
     return apps
 

@@ -48,7 +48,7 @@ Sensor = Callable[[], list[Reading]]
 
 
 def cpu() -> list[Reading]:
-    """Utilisation per CPU and in total since the previous call (the first call reads 0)."""
+    """Utilisation per CPU and in total since the previous call (primed by :func:`default_sensors`)."""
     per_cpu = psutil.cpu_percent(interval=None, percpu=True)
     readings = [Reading("system.cpu.utilization", value, "percent", {"cpu": str(n)}) for n, value in enumerate(per_cpu)]
     if per_cpu:
@@ -134,6 +134,7 @@ class OwnProcess:
     def __init__(self) -> None:
         self._process = psutil.Process()
         self._labels = {"pid": str(self._process.pid)}
+        self._process.cpu_percent(interval=None)  # else the first reading is 0
 
     def __call__(self) -> list[Reading]:
         with self._process.oneshot():
@@ -146,6 +147,7 @@ class OwnProcess:
 
 
 def default_sensors() -> dict[str, Sensor]:
+    psutil.cpu_percent(interval=None, percpu=True)  # else the first reading is 0
     return {
         "cpu": cpu,
         "load": load,
