@@ -24,6 +24,7 @@ import trio
 log = logging.getLogger(__name__)
 
 RESTART_PAUSE_SECONDS = 1.0
+STOPPED_BY_SIGNAL = frozenset({-signal.SIGTERM, -signal.SIGINT})
 
 
 def worker_env(env: Mapping[str, str], index: int) -> dict[str, str]:
@@ -52,7 +53,9 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
             code = await process.wait()
             if stopping.is_set():
                 log.info("worker %d stopped (exit %d)", index, code)
-                exit_codes.append(code)
+                # A copy still starting when the signal came dies of it before it can drain:
+                # it had accepted nothing, so that is a clean stop too.
+                exit_codes.append(0 if code in STOPPED_BY_SIGNAL else code)
                 return
             log.error("worker %d exited on its own (exit %d); starting it again", index, code)
             await trio.sleep(RESTART_PAUSE_SECONDS)
@@ -71,8 +74,9 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
                 for index in range(count):
                     workers.start_soon(keep_running, index)
             outer.cancel_scope.cancel()
-    # 0 when every copy shut down cleanly; else the first failure's code.
-    return next((code for code in exit_codes if code != 0), 0)
+    # 0 when every copy shut down cleanly; else the first failure's code (128 + N for signal N).
+    failure = next((code for code in exit_codes if code != 0), 0)
+    return 128 - failure if failure < 0 else failure
 
 
 def run(count: int, argv: list[str]) -> int:
