@@ -2,6 +2,7 @@
 # Install the system packages the local infrastructure (scripts/infra.py) needs on Debian 12, only when missing:
 #   java (17+)  -> openjdk-17-jre-headless      mvn      -> maven
 #   PostgreSQL  -> postgresql (server 15)       promtool -> prometheus
+#   chromium    -> chromium (headless, for the status page's browser test)
 # Runs `apt-get update` once, and only when something has to be installed. As non-root it prints the
 # command to run instead and exits 1. Safe to run repeatedly.
 #
@@ -38,6 +39,7 @@ have mvn || missing+=(maven)
 have promtool || missing+=(prometheus)
 have openssl || missing+=(openssl)  # the test broker's TLS certificates (KAFKA_SECURE=1)
 have curl || missing+=(curl)  # scripts/test-producers.sh
+have chromium || missing+=(chromium)  # tests/status: the status page in headless Chromium
 # --bench: also the HTTP load tools the benchmarks under scripts/ drive the gateway with.
 if [[ ${1:-} == --bench ]]; then
   have hey || missing+=(hey)
@@ -66,7 +68,7 @@ stop_debian_clusters_on_our_port() {
 }
 
 if (( ${#missing[@]} == 0 )); then
-  echo "system dependencies present (java, mvn, postgresql 15, promtool)" >&2
+  echo "system dependencies present (java, mvn, postgresql 15, promtool, chromium)" >&2
   stop_debian_clusters_on_our_port
   exit 0
 fi

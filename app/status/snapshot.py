@@ -1,0 +1,144 @@
+"""``/status.json``: the process's Prometheus registry, reduced to what the status page draws.
+
+Counters stay cumulative and histograms stay as cumulative buckets: the page computes rates
+and percentiles from the difference between two snapshots, exactly as Prometheus would, so
+this side keeps no history and any number of pages can poll it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+SERVICES = ("application", "infrastructure", "transaction")
+BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
+# Ingest routes by path prefix: a request counts for its service on any listener (gateway or shipper).
+ROUTE_PREFIXES = {
+    "/api/v1/logs": "application",
+    "/api/v1/metrics": "infrastructure",
+    "/api/v1/transactions": "transaction",
+}
+# Counters labelled by service, summed over their other labels (topic, error, reason).
+SERVICE_COUNTERS = {
+    "kafka_producer_success_total": "acked",
+    "kafka_producer_error_total": "errors",
+    "producer_throttled_total": "throttled",
+    "producer_rejected_total": "rejected",
+    "kafka_producer_dead_letter_total": "deadLetters",
+    "kafka_producer_lost_total": "lost",
+}
+
+
+class Histogram:
+    """Cumulative bucket counts, summed over series that share the bucket bounds."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[float, float] = {}
+        self.count = 0.0
+        self.sum = 0.0
+
+    def add_bucket(self, le: str, value: float) -> None:
+        bound = float(le)
+        self.buckets[bound] = self.buckets.get(bound, 0.0) + value
+
+    def to_json(self) -> dict[str, Any]:
+        finite = sorted(bound for bound in self.buckets if math.isfinite(bound))
+        return {
+            "le": finite,
+            "counts": [self.buckets[bound] for bound in finite],
+            "count": self.count,
+            "sum": self.sum,
+        }
+
+
+def service_of_route(route: str) -> str | None:
+    for prefix, service in ROUTE_PREFIXES.items():
+        if route == prefix or route.startswith(prefix + "/"):
+            return service
+    return None
+
+
+def _service() -> dict[str, Any]:
+    return {field: 0.0 for field in SERVICE_COUNTERS.values()} | {
+        "bufferFill": None,
+        "bufferEvents": None,
+        "breaker": None,
+        "requests": {},
+    }
+
+
+def snapshot(registry: CollectorRegistry) -> dict[str, Any]:
+    """One reading of every series the page needs (call on the trio thread: gauges read live state)."""
+    services = {name: _service() for name in SERVICES}
+    send = {name: Histogram() for name in SERVICES}
+    http = {name: Histogram() for name in SERVICES}
+    commit = Histogram()
+    outbox: dict[str, Any] = {"pending": None, "oldestAge": None, "published": 0.0, "failures": 0.0, "relay": None}
+    process: dict[str, Any] = {"cpuSeconds": None, "rss": None, "startTime": None}
+
+    for family in registry.collect():
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            service = services.get(labels.get("service", ""))
+            if name in SERVICE_COUNTERS:
+                if service is not None:
+                    service[SERVICE_COUNTERS[name]] += value
+            elif name == "producer_buffer_fill_ratio" and service is not None:
+                service["bufferFill"] = value
+            elif name == "producer_buffer_events" and service is not None:
+                service["bufferEvents"] = value
+            elif name == "producer_circuit_breaker_state" and service is not None:
+                service["breaker"] = BREAKER_STATES.get(int(value), "unknown")
+            elif name.startswith("kafka_producer_send_duration_seconds") and labels.get("service") in send:
+                _histogram_sample(send[labels["service"]], name, labels, value)
+            elif name == "http_requests_total":
+                routed = service_of_route(labels.get("route", ""))
+                if routed is not None:
+                    requests = services[routed]["requests"]
+                    requests[labels["status"]] = requests.get(labels["status"], 0.0) + value
+            elif name.startswith("http_request_duration_seconds"):
+                routed = service_of_route(labels.get("route", ""))
+                if routed is not None:
+                    _histogram_sample(http[routed], name, labels, value)
+            elif name.startswith("outbox_commit_duration_seconds"):
+                _histogram_sample(commit, name, labels, value)
+            elif name == "outbox_pending_events":
+                outbox["pending"] = value
+            elif name == "outbox_oldest_pending_age_seconds":
+                outbox["oldestAge"] = value
+            elif name == "outbox_published_total":
+                outbox["published"] = value
+            elif name == "outbox_publish_failures_total":
+                outbox["failures"] = value
+            elif name == "outbox_relay_state" and value == 1.0:
+                outbox["relay"] = labels["state"]
+            elif name == "process_cpu_seconds_total":
+                process["cpuSeconds"] = value
+            elif name == "process_resident_memory_bytes":
+                process["rss"] = value
+            elif name == "process_start_time_seconds":
+                process["startTime"] = value
+
+    if outbox["relay"] is None:
+        # No relay in this process: its gauges were never set, and their zeros would read as "all published".
+        outbox["pending"] = outbox["oldestAge"] = None
+    # The transaction stream reaches Kafka through the outbox relay: what it published is what Kafka took.
+    services["transaction"]["acked"] += outbox["published"]
+    for name in SERVICES:
+        services[name]["send"] = send[name].to_json()
+        services[name]["http"] = http[name].to_json()
+    outbox["commit"] = commit.to_json()
+    return {"time": time.time(), "pid": os.getpid(), "services": services, "outbox": outbox, "process": process}
+
+
+def _histogram_sample(histogram: Histogram, name: str, labels: dict[str, str], value: float) -> None:
+    if name.endswith("_bucket"):
+        histogram.add_bucket(labels["le"], value)
+    elif name.endswith("_count"):
+        histogram.count += value
+    elif name.endswith("_sum"):
+        histogram.sum += value

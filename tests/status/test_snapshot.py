@@ -1,0 +1,65 @@
+"""``/status.json`` from a registry alone: what each series becomes on the page's side."""
+
+from __future__ import annotations
+
+import os
+
+from app.observability.metrics import Metrics
+from app.status.snapshot import service_of_route, snapshot
+
+
+def test_counters_gauges_and_histograms_land_under_their_service() -> None:
+    metrics = Metrics()
+    metrics.producer_success.labels("application", "logs").inc(40)
+    metrics.producer_success.labels("application", "logs.dlq").inc(2)
+    metrics.producer_error.labels("application", "logs", "_MSG_TIMED_OUT").inc(3)
+    metrics.throttled.labels("infrastructure").inc(5)
+    metrics.rejected.labels("application", "full").inc(7)
+    metrics.lost.labels("application").inc(1)
+    metrics.buffer_fill.labels("application").set(0.25)
+    metrics.breaker_state.labels("application").set(1)
+    metrics.breaker_state.labels("infrastructure").set(2)
+    for latency in (0.002, 0.004, 0.02):
+        metrics.send_duration.labels("application", "logs").observe(latency)
+    metrics.http_requests.labels("gateway", "/api/v1/logs", "202").inc(4)
+    metrics.http_requests.labels("application", "/api/v1/logs/batch", "202").inc(6)
+    metrics.http_requests.labels("application", "/api/v1/logs", "429").inc(1)
+    metrics.http_requests.labels("gateway", "/status.json", "200").inc(9)
+    metrics.http_duration.labels("transaction", "/api/v1/transactions").observe(0.5)
+    metrics.outbox_published.inc(11)
+    metrics.outbox_pending.set(8)
+
+    status = snapshot(metrics.registry)
+
+    application = status["services"]["application"]
+    assert application["acked"] == 42
+    assert (application["errors"], application["rejected"], application["lost"]) == (3, 7, 1)
+    assert application["bufferFill"] == 0.25
+    assert application["breaker"] == "open"
+    assert application["requests"] == {"202": 10, "429": 1}
+    send = application["send"]
+    assert send["count"] == 3 and send["le"][:4] == [0.001, 0.0025, 0.005, 0.01]
+    assert send["counts"][:4] == [0, 1, 2, 2] and send["counts"][-1] == 3
+    assert status["services"]["infrastructure"]["throttled"] == 5
+    assert status["services"]["infrastructure"]["breaker"] == "half-open"
+    transaction = status["services"]["transaction"]
+    assert transaction["acked"] == 11  # published by the outbox relay
+    assert transaction["breaker"] is None and transaction["http"]["count"] == 1
+    assert status["outbox"]["published"] == 11
+    assert status["outbox"]["pending"] is None and status["outbox"]["relay"] is None  # no relay in this process
+    assert status["process"]["rss"] > 0 and status["process"]["cpuSeconds"] >= 0
+    assert status["pid"] == os.getpid()
+
+    metrics.outbox_relay_state.labels("standby").set(0)
+    metrics.outbox_relay_state.labels("leading").set(1)
+    outbox = snapshot(metrics.registry)["outbox"]
+    assert outbox["relay"] == "leading" and outbox["pending"] == 8
+
+
+def test_only_ingest_routes_count_for_a_service() -> None:
+    assert service_of_route("/api/v1/logs") == "application"
+    assert service_of_route("/api/v1/logs/batch") == "application"
+    assert service_of_route("/api/v1/metrics/batch") == "infrastructure"
+    assert service_of_route("/api/v1/transactions/<event_id>") == "transaction"
+    assert service_of_route("/api/v1/logsX") is None
+    assert service_of_route("/status.json") is None
