@@ -10,6 +10,7 @@ import sys
 import time
 
 import trio
+from pythonjsonlogger.json import JsonFormatter
 
 from app import workers
 from app.auth import load_api_keys
@@ -27,6 +28,27 @@ async def serve(settings: Settings) -> None:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr: one JSON object per line (LOG_FORMAT=json) for collectors, or plain text.
+
+    A JSON line has ``timestamp``, ``level``, ``logger`` and ``message``, plus the fields a log
+    call passes as ``extra`` (``service``, ``topic``, ``error``, ``event_id``, ``trace_id``...).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp=True,
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 def command_line_env(args: argparse.Namespace) -> dict[str, str]:
@@ -72,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings)
     if settings.workers > 1:
         # The copies read their settings from the environment, command-line overrides included.
         os.environ.update(command_line_env(args))

@@ -98,6 +98,8 @@ class Settings:
     kafka_ssl_certificate_location: str = ""
     kafka_ssl_key_location: str = ""
     kafka_ssl_key_password: str = ""
+    # How often librdkafka reports its statistics (queue, retries, broker round trips); 0 disables them.
+    kafka_statistics_interval_ms: int = 5000 * MILLISECONDS
     topic_partitions: int = 3
     # -1 lets the broker choose (its default.replication.factor).
     topic_replication_factor: int = -1
@@ -148,6 +150,8 @@ class Settings:
     flush_timeout: float = 30 * SECONDS
     retry_after_seconds: int = 1
     log_level: str = "INFO"
+    # json: one JSON object per log line, for log collectors; text: plain lines for a terminal.
+    log_format: str = "json"
 
     @property
     def relay_transactional_id(self) -> str:
@@ -257,5 +261,9 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("KAFKA_SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     if settings.breaker_failures < 1:
         raise SettingsError("BREAKER_FAILURES must be at least 1")
+    if settings.kafka_statistics_interval_ms < 0:
+        raise SettingsError("KAFKA_STATISTICS_INTERVAL_MS cannot be negative")
+    if settings.log_format not in {"json", "text"}:
+        raise SettingsError(f"LOG_FORMAT must be json or text, not {settings.log_format!r}")
     if settings.topic_partitions < 1:
         raise SettingsError("TOPIC_PARTITIONS must be at least 1")

@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05
 READY_CACHE_SECONDS = 1.0
+# At most one log line per second for one kind of failure: a failing broker at 50,000 events/s
+# must not write a line per event. The lines count the events they stand for.
+FAILURE_LOG_INTERVAL = 1.0
 
 
 # Errors a dead letter cannot recover from by being sent again.
@@ -103,6 +107,11 @@ class ProducerProfile:
         metrics.buffer_bytes.labels(name).set_function(lambda: self.buffered_bytes)
         metrics.buffer_fill.labels(name).set_function(self.fill)
         metrics.breaker_state.labels(name).set_function(lambda: self.breaker.state.value)
+        metrics.kafka_statistics.watch(name, lambda: self._producer.statistics)
+        # Exported at 0 from the start, so that increase() sees the first loss or dead letter.
+        metrics.lost.labels(name)
+        metrics.dead_letters.labels(name, self.topic)
+        self._failure_log: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- admission (trio thread, never waits) ---------------------------------------
 
@@ -197,7 +206,7 @@ class ProducerProfile:
             except (KafkaUnavailable, trio.TooSlowError) as error:
                 self.breaker.probe_failed(str(error) or "no answer")
             else:
-                log.info("%s: Kafka answers again; circuit breaker closed", self.name)
+                log.info("%s: Kafka answers again; circuit breaker closed", self.name, extra={"service": self.name})
                 self.breaker.probe_succeeded()
 
     async def _flush(self) -> None:
@@ -213,7 +222,10 @@ class ProducerProfile:
                     if not self._pending_dead_letters and not self._pending_resends:
                         break
         if self.buffered_events:
-            log.error("%s: %d accepted events not settled by Kafka at shutdown", self.name, self.buffered_events)
+            log.error(
+                "%s: %d accepted events not settled by Kafka at shutdown", self.name, self.buffered_events,
+                extra={"service": self.name, "topic": self.topic, "count": self.buffered_events},
+            )
             self._metrics.lost.labels(self.name).inc(self.buffered_events)
 
     # -- delivery reports (trio thread) ----------------------------------------------
@@ -236,7 +248,10 @@ class ProducerProfile:
         for name, reason, fatal in deliveries.client_errors:
             self._metrics.client_errors.labels(self.name, name).inc()
             self.last_client_error = f"{name}: {reason}"
-            log.log(logging.ERROR if fatal else logging.WARNING, "%s producer: %s: %s", self.name, name, reason)
+            log.log(
+                logging.ERROR if fatal else logging.WARNING, "%s producer: %s: %s", self.name, name, reason,
+                extra={"service": self.name, "error": name},
+            )
             if name == "_ALL_BROKERS_DOWN":
                 self.breaker.trip("all brokers are down")
             if fatal:
@@ -246,6 +261,9 @@ class ProducerProfile:
             self._room.set()
 
     def _settle_failures(self, failures: list[Failure]) -> None:
+        # One log line per kind of failure in this batch: (topic, error) -> [count, first failure].
+        dead_lettered: dict[tuple[str, str], list[Any]] = {}
+        lost: dict[tuple[str, str], list[Any]] = {}
         for failure in failures:
             self._metrics.producer_error.labels(self.name, failure.topic, failure.error).inc()
             if failure.topic == self.topic and failure.error in RESEND_ERRORS and self._recreate is not None:
@@ -255,12 +273,13 @@ class ProducerProfile:
                 if failure.error not in PERMANENT_ERRORS and not self._closed:
                     self._pending_dead_letters.append(failure.record)  # Kafka away: send it again
                     continue
-                log.error("%s: dead letter lost: %s", self.name, failure.reason)
+                _tally(lost, failure)
                 self._metrics.lost.labels(self.name).inc()
                 self.buffered_events -= 1
                 self.buffered_bytes -= failure.record.size
                 continue
             self.breaker.record_failure(failure.error)
+            _tally(dead_lettered, failure)
             # Stays counted in the buffer until its dead letter settles.
             headers = [h for h in failure.record.headers if not h[0].startswith("dlq-")]
             headers += [
@@ -269,6 +288,33 @@ class ProducerProfile:
                 ("dlq-original-topic", failure.topic.encode()),
             ]
             self._pending_dead_letters.append(Record(failure.record.key, failure.record.value, headers))
+        for (topic, error), (count, first) in dead_lettered.items():
+            self._log_failures(
+                logging.WARNING,
+                f"%s: %d events not delivered to %s (%s: %s); writing them to {self.dead_letter_topic}",
+                topic, error, count, first,
+            )
+        for (topic, error), (count, first) in lost.items():
+            self._log_failures(
+                logging.ERROR, "%s: %d dead letters lost: %s refused them for good (%s: %s)", topic, error, count, first
+            )
+
+    def _log_failures(self, level: int, message: str, topic: str, error: str, count: int, first: Failure) -> None:
+        """Log one kind of failure with the first event's ids, at most once per FAILURE_LOG_INTERVAL."""
+        now = trio.current_time()
+        last, unlogged = self._failure_log.get((topic, error), (-math.inf, 0))
+        count += unlogged
+        if now - last < FAILURE_LOG_INTERVAL:
+            self._failure_log[(topic, error)] = (last, count)
+            return
+        self._failure_log[(topic, error)] = (now, 0)
+        extra: dict[str, Any] = {"service": self.name, "topic": topic, "error": error, "count": count}
+        event_id, trace_id = event_ids(first.record)
+        if event_id is not None:
+            extra["event_id"] = event_id
+        if trace_id is not None:
+            extra["trace_id"] = trace_id
+        log.log(level, message, self.name, count, topic, error, first.reason, extra=extra)
 
     def _replace_producer(self) -> None:
         """After a fatal error: a new producer takes new records; the old one is polled until empty."""
@@ -276,7 +322,7 @@ class ProducerProfile:
             return
         self._retired.append(self._producer)
         self._producer = self._recreate()
-        log.warning("%s: producer recreated after a fatal error", self.name)
+        log.warning("%s: producer recreated after a fatal error", self.name, extra={"service": self.name})
 
     def _send_pending(self) -> None:
         """Hand librdkafka the records to send again and the dead letters not yet taken."""
@@ -305,7 +351,10 @@ class ProducerProfile:
             self.buffered_events -= len(submission.records)
             self.buffered_bytes -= submission.size
         if lost:
-            log.error("%s: flush deadline passed with %d events never handed to Kafka", self.name, lost)
+            log.error(
+                "%s: flush deadline passed with %d events never handed to Kafka", self.name, lost,
+                extra={"service": self.name, "topic": self.topic, "count": lost},
+            )
             self._metrics.lost.labels(self.name).inc(lost)
 
     # -- readiness ---------------------------------------------------------------------
@@ -331,3 +380,24 @@ class ProducerProfile:
             self._probe_at = trio.current_time()
             self._probe_result = result
             return result
+
+
+def _tally(groups: dict[tuple[str, str], list[Any]], failure: Failure) -> None:
+    group = groups.get((failure.topic, failure.error))
+    if group is None:
+        groups[(failure.topic, failure.error)] = [1, failure]
+    else:
+        group[0] += 1
+
+
+def event_ids(record: Record) -> tuple[str | None, str | None]:
+    """The event id and trace id a record carries in its headers, if any."""
+    event_id = trace_id = None
+    for key, value in record.headers:
+        if key == "event-id":
+            event_id = value.decode(errors="replace")
+        elif key == "traceparent":
+            parts = value.split(b"-")
+            if len(parts) == 4:
+                trace_id = parts[1].decode(errors="replace")
+    return event_id, trace_id

@@ -27,6 +27,7 @@ class FakeProducer:
         self.queue_capacity = queue_capacity
         self.deliver = deliver
         self.client_errors: list[tuple[str, str, bool]] = []  # reported by the next poll
+        self.statistics: str | None = None  # librdkafka's statistics, as KafkaProducer keeps them
 
     def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
         with self.lock:

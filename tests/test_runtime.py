@@ -86,7 +86,7 @@ async def test_a_full_buffer_answers_503_with_retry_after_at_once() -> None:
         assert elapsed < 1.0
         runtime.shutdown()
         with trio.fail_after(10):
-            while runtime.metrics.registry.get_sample_value("kafka_producer_lost_total", {"service": "application"}) is None:
+            while not runtime.metrics.registry.get_sample_value("kafka_producer_lost_total", {"service": "application"}):
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     metrics = runtime.metrics.registry

@@ -83,6 +83,7 @@ def create_listener_app(
             reason = await check()
             if reason is not None:
                 reasons.append(reason)
+        metrics.ready.labels(name).set(0 if reasons else 1)
         if reasons:
             return json_response({"status": "unavailable", "listener": name, "reasons": reasons}, 503)
         return json_response({"status": "ready", "listener": name}, 200)

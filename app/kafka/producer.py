@@ -68,7 +68,12 @@ class Deliveries:
 
 
 def producer_config(
-    profile: ProfileSettings, *, connection: dict[str, Any], client_id: str, max_message_bytes: int
+    profile: ProfileSettings,
+    *,
+    connection: dict[str, Any],
+    client_id: str,
+    max_message_bytes: int,
+    statistics_interval_ms: int = 0,
 ) -> dict[str, Any]:
     """The librdkafka configuration of a profile."""
     config: dict[str, Any] = {
@@ -87,6 +92,7 @@ def producer_config(
         "queue.buffering.max.messages": profile.buffer_events + 1000,
         "queue.buffering.max.kbytes": profile.buffer_bytes // 1024 + 1024,
         "message.max.bytes": max_message_bytes,
+        "statistics.interval.ms": statistics_interval_ms,
     }
     return config
 
@@ -97,8 +103,12 @@ class KafkaProducer:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._reports: collections.deque[tuple[Record, Any, Any]] = collections.deque()
         self._client_errors: collections.deque[Any] = collections.deque()
+        # librdkafka's latest statistics (JSON), decoded only when metrics are scraped.
+        self.statistics: str | None = None
         conf = dict(config)
         conf["error_cb"] = self._client_errors.append
+        if int(conf.get("statistics.interval.ms", 0)) > 0:
+            conf["stats_cb"] = self._on_statistics
         # librdkafka's log lines are queued and served by poll(), in the poll thread.
         conf["logger"] = logging.getLogger("librdkafka")
         conf.setdefault("log.connection.close", False)
@@ -106,6 +116,10 @@ class KafkaProducer:
             self._producer = confluent_kafka.Producer(conf)
         except confluent_kafka.KafkaException as error:
             raise KafkaConfigError(str(error.args[0])) from None
+
+    def _on_statistics(self, statistics: str) -> None:
+        # Runs inside poll(), in the poll thread: keep the string, nothing more.
+        self.statistics = statistics
 
     def _on_delivery(self, record: Record, err: Any, msg: Any) -> None:
         # Bound to its record: delivery reports carry no headers (confluent-kafka-python #574),

@@ -64,7 +64,15 @@ class TransactionalPublisher:
         conf = dict(config)
         conf["transactional.id"] = transactional_id
         conf["logger"] = logging.getLogger("librdkafka")
+        # librdkafka's latest statistics (JSON), decoded only when metrics are scraped.
+        self.statistics: str | None = None
+        if int(conf.get("statistics.interval.ms", 0)) > 0:
+            conf["stats_cb"] = self._on_statistics
         self._producer = confluent_kafka.Producer(conf)
+
+    def _on_statistics(self, statistics: str) -> None:
+        # Runs inside the producer's poll/flush calls, in the relay's worker thread.
+        self.statistics = statistics
 
     def open(self, timeout: float) -> Checkpoint | None:
         """Fence older producers of this id, then read the last committed checkpoint."""

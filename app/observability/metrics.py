@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
+from app.observability.kafka_stats import KafkaStatistics
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -101,6 +103,12 @@ class Metrics:
             "collector_dropped_events", "Host samples dropped because the infrastructure profile refused them.",
             ["reason"], registry=r,
         )
+        self.ready = Gauge(
+            "gateway_ready", "1 when the listener's latest /ready evaluation found it ready, 0 when not.",
+            ["listener"], registry=r,
+        )
+        self.kafka_statistics = KafkaStatistics()
+        r.register(self.kafka_statistics)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Gateway requests a remote shipper instance failed, by kind.",
             ["shipper", "error"], registry=r,

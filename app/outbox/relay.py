@@ -69,11 +69,16 @@ class Relay:
         self._work = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
         self._conn: Any = None
+        self._publisher: TransactionalPublisher | None = None
         self._next_stats = 0.0
         self._next_purge = 0.0
         self.state = RelayState.STANDBY
         for state in RelayState:
             metrics.outbox_relay_state.labels(state.value).set_function(partial(self._is_in, state))
+        metrics.kafka_statistics.watch("transaction", self._statistics)
+
+    def _statistics(self) -> str | None:
+        return self._publisher.statistics if self._publisher is not None else None
 
     def _is_in(self, state: RelayState) -> float:
         return 1.0 if self.state is state else 0.0
@@ -108,6 +113,7 @@ class Relay:
             backoff = min(backoff * 2, 5.0)
 
     async def _close(self) -> None:
+        self._publisher = None  # a discarded producer's statistics are not the relay's
         conn, self._conn = self._conn, None
         if conn is not None:
             with trio.CancelScope(shield=True):
@@ -132,6 +138,7 @@ class Relay:
             ),
             limiter=self._limiter,
         )
+        self._publisher = publisher
         checkpoint = await trio.to_thread.run_sync(publisher.open, self._kafka_timeout, limiter=self._limiter)
         if checkpoint is not None:
             recovered = await self._db(store.mark_published, checkpoint.rows)

@@ -43,6 +43,10 @@ REQUIRED_METRICS = {
     "outbox_oldest_pending_age_seconds",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
+    "kafka_broker_rtt_seconds",
+    "kafka_client_queue_messages",
+    "kafka_client_retries_total",
+    "gateway_ready",
 }
 LABEL_VALUES = re.compile(r"^label_values\((?P<metric>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?, *\w+\)$")
 

@@ -295,6 +295,14 @@ async def scrape_and_query(prometheus: PrometheusAPI, gateway: Runtime, settings
 
     assert await prometheus.by_label("producer_throttled_total", "service") == {"application": throttled}
 
+    # The target's `listener` label wins over the gauge's own, which Prometheus keeps as exported_listener.
+    await prometheus.wait_for(
+        "min by (exported_listener) (gateway_ready)", "exported_listener", dict.fromkeys(LISTENER_PORTS, 1.0),
+        timeout=15,
+    )
+    # Exported at 0 before anything is lost, so that increase() sees the first loss.
+    assert await prometheus.by_label("kafka_producer_lost_total", "service") == {"application": 0, "infrastructure": 0}
+
     rules: list[dict[str, Any]] = []
     while not rules or any(rule["health"] == "unknown" for rule in rules):  # until evaluated once
         await trio.sleep(0.5)
