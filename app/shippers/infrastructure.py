@@ -1,4 +1,5 @@
-"""The infrastructure shipper (8082): host metrics from this host's collector and from remote agents.
+"""The infrastructure shipper (8082): host metrics from this host's collector, from remote agents
+and from OpenTelemetry SDKs and collectors (OTLP/HTTP).
 
 Every sample, collected here or posted, is one event with the same schema
 (``host``, ``metric``, ``value``, ``unit``, ``labels``, ``timestamp``) on the infrastructure
@@ -10,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from quart_trio import QuartTrio
 
-from app import events
+from app import events, otlp
 from app.admission import Admission
 from app.config import Settings
 from app.http import openapi
@@ -20,9 +22,11 @@ from app.http.body import JSON, NDJSON
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
 from app.shippers.ingest import EventKind, EventRoutes, Submitter, new_event_id, received_at
+from app.shippers.otlp import OTLPRoute, Prepared, openapi_path
 
 METRICS_ROUTE = "/api/v1/metrics"
 METRICS_BATCH_ROUTE = "/api/v1/metrics/batch"
+OTLP_METRICS_ROUTE = "/v1/metrics"
 
 _encode = msgspec.json.Encoder().encode
 
@@ -55,7 +59,17 @@ def _traced_metric_records(samples: list[events.MetricIn], trace: TraceContext) 
     return metric_records(samples, trace.kafka_headers())
 
 
-ROUTES = [(METRICS_ROUTE, "POST"), (METRICS_BATCH_ROUTE, "POST")]
+def prepare_otlp_metrics(body: bytes, kind: str, max_events: int) -> Prepared:
+    """An OTLP metrics export as samples: gauge and sum points; histogram and summary ones rejected."""
+    mapped = otlp.metric_events(otlp.decode(body, kind, ExportMetricsServiceRequest()), max_events)
+    return Prepared(
+        len(mapped.samples),
+        lambda trace: metric_records(mapped.samples, trace.kafka_headers())[0],
+        otlp.metrics_response(mapped.rejected),
+    )
+
+
+ROUTES = [(METRICS_ROUTE, "POST"), (METRICS_BATCH_ROUTE, "POST"), (OTLP_METRICS_ROUTE, "POST")]
 
 
 def openapi_paths() -> dict[str, Any]:
@@ -65,6 +79,11 @@ def openapi_paths() -> dict[str, Any]:
             "a batch of host metric samples, all or nothing",
             {JSON: {"schema": openapi.ref("MetricBatch")}, NDJSON: {"schema": {"type": "string"}}},
             "BatchAccepted",
+        ),
+        OTLP_METRICS_ROUTE: openapi_path(
+            "OTLP/HTTP metrics export (ExportMetricsServiceRequest); one event per gauge or sum data point",
+            {"resourceMetrics": {"type": "array", "items": {"type": "object"}}},
+            "rejectedDataPoints",
         ),
     }
 
@@ -79,7 +98,9 @@ class InfrastructureShipper:
 
     def __init__(self, settings: Settings, submitter: Submitter, admission: Admission) -> None:
         self.routes = EventRoutes(settings, METRICS, submitter, admission)
+        self.otlp = OTLPRoute(settings, submitter, admission, prepare_otlp_metrics)
 
     def register(self, app: QuartTrio) -> None:
         self.routes.register(app, METRICS_ROUTE, METRICS_BATCH_ROUTE)
+        app.add_url_rule(OTLP_METRICS_ROUTE, "post_otlp_metrics", self.otlp.post, methods=["POST"])
         openapi.add_paths(app, openapi_paths())

@@ -69,6 +69,14 @@ class Submitter:
         self._max_event_bytes = max_event_bytes
 
     def submit(self, records: list[Record], event_ids: list[str], trace: TraceContext, *, single: bool) -> Response:
+        self.send(records)
+        headers = {"traceparent": trace.traceparent}
+        if single:
+            return json_response({"status": "accepted", "eventId": event_ids[0]}, 202, headers)
+        return json_response({"status": "accepted", "count": len(event_ids), "eventIds": event_ids}, 202, headers)
+
+    def send(self, records: list[Record]) -> None:
+        """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""
         check_event_sizes(records, self._max_event_bytes)
         size = sum(record.size for record in records)
         outcome = self.profile.submit(records, size)
@@ -90,10 +98,6 @@ class Submitter:
             raise HTTPError(
                 503, "shutting down", "this instance is shutting down", headers={"Retry-After": self._retry_after}
             )
-        headers = {"traceparent": trace.traceparent}
-        if single:
-            return json_response({"status": "accepted", "eventId": event_ids[0]}, 202, headers)
-        return json_response({"status": "accepted", "count": len(event_ids), "eventIds": event_ids}, 202, headers)
 
 
 E = TypeVar("E")

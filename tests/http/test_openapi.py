@@ -31,11 +31,12 @@ def gateway_process(infra: Infra) -> Iterator[RunningGateway]:
 def test_each_listener_documents_exactly_its_routes(gateway_process: RunningGateway) -> None:
     expected = {
         "gateway": {
-            "/api/v1/logs", "/api/v1/logs/batch", "/api/v1/metrics", "/api/v1/metrics/batch",
+            "/api/v1/logs", "/api/v1/logs/batch", "/api/v1/logs/python", "/v1/logs",
+            "/api/v1/metrics", "/api/v1/metrics/batch", "/v1/metrics",
             "/api/v1/transactions", "/api/v1/transactions/batch",
         },
-        "application": {"/api/v1/logs", "/api/v1/logs/batch"},
-        "infrastructure": {"/api/v1/metrics", "/api/v1/metrics/batch"},
+        "application": {"/api/v1/logs", "/api/v1/logs/batch", "/api/v1/logs/python", "/v1/logs"},
+        "infrastructure": {"/api/v1/metrics", "/api/v1/metrics/batch", "/v1/metrics"},
         "transaction": {"/api/v1/transactions", "/api/v1/transactions/batch"},
     }
     for listener, routes in expected.items():
