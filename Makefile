@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout fuzz
+.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -67,6 +67,11 @@ bench-transactions: venv
 bench-infrastructure: venv
 	@bash .ci/install-system-deps.sh --bench
 	$(PY) scripts/bench_infrastructure.py
+
+## bench: ceilings (raw producer, bare hypercorn), the gateway and the Strimzi Kafka Bridge in one table, with targets
+bench: venv
+	@bash .ci/install-system-deps.sh --bench
+	$(PY) scripts/bench.py
 
 ## bench-scaleout: single-event throughput of one process, --workers 2, and a gateway before two shippers
 bench-scaleout: venv

@@ -37,16 +37,23 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"the gateway at {url} did not become ready")
 
 
-@contextlib.contextmanager
-def gateway(ready: str, *infra_args: str, args: Sequence[str] = (), **env: str) -> Iterator[dict[str, int]]:
-    """``make infra-up``, then ``python -m app [args]`` on free ports (yielded by listener) until the block ends."""
+def infra_up(*infra_args: str) -> dict[str, str]:
+    """``make infra-up`` (idempotent); the settings it serves, e.g. KAFKA_BOOTSTRAP_SERVERS."""
     served = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "infra.py"), "up", *infra_args], check=True, capture_output=True, text=True
     ).stdout
+    return dict(line.split("=", 1) for line in served.split())
+
+
+@contextlib.contextmanager
+def gateway_process(
+    ready: str, *infra_args: str, args: Sequence[str] = (), **env: str
+) -> Iterator[tuple[dict[str, int], subprocess.Popen[bytes]]]:
+    """:func:`gateway`, also yielding the process (for its memory)."""
     ports = {name: free_port() for name in LISTENERS}
     full_env = {
         **os.environ,
-        **dict(line.split("=", 1) for line in served.split()),
+        **infra_up(*infra_args),
         "LOG_LEVEL": "WARNING",
         **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **env,
@@ -54,10 +61,17 @@ def gateway(ready: str, *infra_args: str, args: Sequence[str] = (), **env: str) 
     process = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{ports[ready]}")
-        yield ports
+        yield ports, process
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def gateway(ready: str, *infra_args: str, args: Sequence[str] = (), **env: str) -> Iterator[dict[str, int]]:
+    """``make infra-up``, then ``python -m app [args]`` on free ports (yielded by listener) until the block ends."""
+    with gateway_process(ready, *infra_args, args=args, **env) as (ports, _):
+        yield ports
 
 
 def require_hey() -> None:
@@ -65,10 +79,13 @@ def require_hey() -> None:
         raise SystemExit("hey is missing: apt-get install hey (or bash .ci/install-system-deps.sh --bench)")
 
 
-def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str, float]:
-    """One ``hey`` run: requests/s, p50 and p99 in ms, 202 answers and other answers."""
+def hey(
+    url: str, body_file: str, seconds: float, extra: list[str],
+    content_type: str = "application/json", accepted: str = "202",
+) -> dict[str, float]:
+    """One ``hey`` run: requests/s, p50 and p99 in ms, ``accepted`` answers (202) and other answers."""
     out = subprocess.run(
-        ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", "application/json", "-D", body_file, *extra, url],
+        ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", content_type, "-D", body_file, *extra, url],
         check=True, capture_output=True, text=True,
     ).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
@@ -76,6 +93,10 @@ def hey(url: str, body_file: str, seconds: float, extra: list[str]) -> dict[str,
         match = re.search(rf"{q}% in ([\d.]+) secs", out)
         result[f"p{q}"] = float(match.group(1)) * 1000 if match else float("nan")
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-    result["ok"] = float(codes.get("202", 0))
-    result["other"] = float(sum(int(v) for k, v in codes.items() if k != "202"))
+    result["ok"] = float(codes.get(accepted, 0))
+    result["other"] = float(sum(int(v) for k, v in codes.items() if k != accepted))
+    result.update({f"status {k}": float(v) for k, v in codes.items() if k != accepted})
+    # Requests that got no answer at all (timeouts, resets), which hey lists apart from the status codes.
+    errors = out.split("Error distribution:", 1)[1] if "Error distribution:" in out else ""
+    result["failed"] = float(sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", errors, re.MULTILINE)))
     return result
