@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,11 +161,23 @@ class ProducerProfile:
             with self._drain_scope:
                 async with self._receive:
                     async for submission in self._receive:
-                        await self._produce(self.topic, submission.records)
+                        # Everything queued behind it goes in the same step: taking one submission
+                        # per scheduling round falls behind as soon as more requests arrive per round
+                        # (measured: deliveries starved to ~150 events/s under 64 connections).
+                        for queued in self._take_queued(submission):
+                            await self._produce(self.topic, queued.records)
             if self._drain_scope.cancelled_caught:
                 self._count_unsent_as_lost()
             pollers.cancel_scope.cancel()
         await self._flush()
+
+    def _take_queued(self, first: Submission) -> Iterator[Submission]:
+        yield first
+        while True:
+            try:
+                yield self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
 
     async def _produce(self, topic: str, records: Sequence[Record]) -> None:
         index = 0
