@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import load_settings  # noqa: E402
 from app.runtime import profile_producer_config  # noqa: E402
+from scripts.bench_otlp import otlp_body  # noqa: E402
 from scripts.bench_support import ROOT, free_port, gateway_process, hey, infra_up, require_hey  # noqa: E402
 
 BRIDGE_VERSION = "0.33.1"
@@ -456,6 +457,7 @@ def gateway_rows(
             {"host": f"web-{i % 5}", "metric": "system.memory.used", "value": 1.2e9 + i, "unit": "bytes"} for i in range(100)
         ]}),
     }
+    bodies["otlp500"] = otlp_body(500)  # 500 log records as OTLP/HTTP protobuf, beside the JSON batches
     files = {}
     for name, body in bodies.items():
         files[name] = tmp / f"{name}.json"
@@ -473,15 +475,20 @@ def gateway_rows(
             def url(listener: str, path: str) -> str:
                 return f"http://127.0.0.1:{ports[listener]}{path}"
 
-            def step(name: str, listener: str, path: str, body: str, per_request: int, connections: list[str]) -> Row:
+            def step(
+                name: str, listener: str, path: str, body: str, per_request: int, connections: list[str],
+                content_type: str = "application/json", accepted: str = "202",
+            ) -> Row:
                 return drive(name, url(listener, path), files[body], per_request, connections, seconds, sampler,
-                             metrics_url=url(listener, "/metrics"))
+                             content_type=content_type, accepted=accepted, metrics_url=url(listener, "/metrics"))
 
             rows += [
                 step("gateway, single, 8081", "application", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS),
                 step("gateway, single, through 8080", "gateway", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS),
                 step("gateway, log batch of 100, 8081", "application", "/api/v1/logs/batch", "batch100", 100, BATCH_CONNECTIONS),
                 step("gateway, log batch of 500, 8081", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS),
+                step("gateway, OTLP logs, 500 records, 8081", "application", "/v1/logs", "otlp500", 500, BATCH_CONNECTIONS,
+                     content_type="application/x-protobuf", accepted="200"),
                 step("gateway, transaction batch of 100, 8083", "transaction", "/api/v1/transactions/batch", "tx100", 100,
                      BATCH_CONNECTIONS),
                 step("gateway, metrics batch of 100, 8082", "infrastructure", "/api/v1/metrics/batch", "metrics100", 100,
