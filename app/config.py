@@ -153,6 +153,12 @@ class Settings:
     # json: one JSON object per log line, for log collectors; text: plain lines for a terminal.
     log_format: str = "json"
 
+    # OpenTelemetry spans of ingest requests, exported over OTLP/HTTP when either endpoint is set
+    # (the standard variables; the traces one is used as it is, the other gets /v1/traces appended).
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_traces_endpoint: str = ""
+    otel_service_name: str = "kafka-log-gateway"
+
     @property
     def relay_transactional_id(self) -> str:
         """The outbox relay's transactional.id: shared by every instance of one deployment."""
@@ -162,6 +168,10 @@ class Settings:
     def checkpoint_topic(self) -> str:
         """Single-partition, compacted topic of the relay's checkpoints."""
         return f"{self.transaction.topic}.checkpoint"
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint)
 
     def role_set(self) -> frozenset[str]:
         return frozenset(role.strip() for role in self.roles.split(",") if role.strip())

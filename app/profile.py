@@ -165,7 +165,8 @@ class ProducerProfile:
                         # per scheduling round falls behind as soon as more requests arrive per round
                         # (measured: deliveries starved to ~150 events/s under 64 connections).
                         for queued in self._take_queued(submission):
-                            await self._produce(self.topic, queued.records)
+                            traced = queued.records[0].settlement is not None  # one look per submission
+                            await self._produce(self.topic, queued.records, traced)
             if self._drain_scope.cancelled_caught:
                 self._count_unsent_as_lost()
             pollers.cancel_scope.cancel()
@@ -179,10 +180,10 @@ class ProducerProfile:
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
 
-    async def _produce(self, topic: str, records: Sequence[Record]) -> None:
+    async def _produce(self, topic: str, records: Sequence[Record], traced: bool) -> None:
         index = 0
         while True:
-            index, failures = self._producer.produce(topic, records, index)
+            index, failures = self._producer.produce(topic, records, index, traced=traced)
             if failures:
                 self._settle_failures(failures)
             if index >= len(records):
@@ -257,6 +258,8 @@ class ProducerProfile:
         self.buffered_bytes -= deliveries.delivered_bytes
         if deliveries.failures:
             self._settle_failures(deliveries.failures)
+        for settlement, topic in deliveries.traced:
+            settlement.delivered_to(topic == self.dead_letter_topic)
         for name, reason, fatal in deliveries.client_errors:
             self._metrics.client_errors.labels(self.name, name).inc()
             self.last_client_error = f"{name}: {reason}"
@@ -286,6 +289,8 @@ class ProducerProfile:
                     self._pending_dead_letters.append(failure.record)  # Kafka away: send it again
                     continue
                 _tally(lost, failure)
+                if failure.record.settlement is not None:
+                    failure.record.settlement.lose()
                 self._metrics.lost.labels(self.name).inc()
                 self.buffered_events -= 1
                 self.buffered_bytes -= failure.record.size
@@ -299,7 +304,10 @@ class ProducerProfile:
                 ("dlq-reason", failure.reason.encode()),
                 ("dlq-original-topic", failure.topic.encode()),
             ]
-            self._pending_dead_letters.append(Record(failure.record.key, failure.record.value, headers))
+            settlement = failure.record.settlement
+            if settlement is not None:
+                settlement.refused()
+            self._pending_dead_letters.append(Record(failure.record.key, failure.record.value, headers, settlement))
         for (topic, error), (count, first) in dead_lettered.items():
             self._log_failures(
                 logging.WARNING,
@@ -340,14 +348,14 @@ class ProducerProfile:
         """Hand librdkafka the records to send again and the dead letters not yet taken."""
         if self._pending_resends:
             pending = self._pending_resends
-            index, failures = self._producer.produce(self.topic, pending)
+            index, failures = self._producer.produce(self.topic, pending, traced=True)
             self._pending_resends = pending[index:]
             if failures:
                 self._settle_failures(failures)
         if not self._pending_dead_letters:
             return
         pending = self._pending_dead_letters
-        index, failures = self._producer.produce(self.dead_letter_topic, pending)
+        index, failures = self._producer.produce(self.dead_letter_topic, pending, traced=True)
         self._pending_dead_letters = pending[index:]
         if failures:
             self._settle_failures(failures)

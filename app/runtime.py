@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -48,6 +48,9 @@ from app.shippers.infrastructure import InfrastructureShipper
 from app.shippers.ingest import Submitter
 from app.shippers.transaction import TransactionShipper
 from app.status import page as status_page
+
+if TYPE_CHECKING:
+    from app.observability.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,15 @@ def build_upstreams(settings: Settings, metrics: Metrics) -> dict[str, Upstream]
     }
 
 
+def build_tracing(settings: Settings) -> Tracing | None:
+    """The span exporter when an OTLP endpoint is set; otherwise the SDK is not even imported."""
+    if not settings.tracing:
+        return None
+    from app.observability.otel import Tracing
+
+    return Tracing(settings)
+
+
 def build_apps(
     settings: Settings,
     metrics: Metrics,
@@ -197,6 +209,7 @@ def build_apps(
     outbox: Outbox | None,
     upstreams: dict[str, Upstream],
     api_keys: ApiKeys | None,
+    tracing: Tracing | None = None,
 ) -> dict[str, tuple[QuartTrio, int]]:
     """The Quart app and port of each listener this process hosts."""
     roles = settings.role_set()
@@ -205,7 +218,9 @@ def build_apps(
         return lambda: profiles[name].probe(settings.ready_timeout)
 
     def listener(name: str, checks: Sequence[ReadyCheck]) -> QuartTrio:
-        return create_listener_app(name, metrics, checks, max_request_bytes=settings.max_request_bytes)
+        return create_listener_app(
+            name, metrics, checks, max_request_bytes=settings.max_request_bytes, tracing=tracing
+        )
 
     def admission(name: str) -> Admission:
         return Admission(
@@ -311,6 +326,7 @@ async def run(
     profiles = build_profiles(settings, metrics)
     outbox = build_outbox(settings, metrics)
     upstreams = build_upstreams(settings, metrics)
+    tracing = build_tracing(settings)
     shutdown = trio.Event()
 
     async with trio.open_nursery() as background:
@@ -345,7 +361,7 @@ async def run(
                     rate=settings.metrics_rate,
                 )
                 await background.start(collector.run)
-            apps = build_apps(settings, metrics, profiles, outbox, upstreams, api_keys)
+            apps = build_apps(settings, metrics, profiles, outbox, upstreams, api_keys, tracing)
             async with trio.open_nursery() as listeners:
                 addresses: dict[str, list[str]] = {}
                 for name in LISTENERS:
@@ -363,4 +379,8 @@ async def run(
             for profile in profiles.values():
                 profile.close()
         background.cancel_scope.cancel()
+    if tracing is not None:
+        # The spans of the drained buffers go out too, within a bound: a collector away cannot hold the exit.
+        with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+            await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
     log.info("stopped")

@@ -29,7 +29,9 @@ class FakeProducer:
         self.client_errors: list[tuple[str, str, bool]] = []  # reported by the next poll
         self.statistics: str | None = None  # librdkafka's statistics, as KafkaProducer keeps them
 
-    def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
+    def produce(
+        self, topic: str, records: Sequence[Record], start: int = 0, *, traced: bool = False
+    ) -> tuple[int, list[Failure]]:
         with self.lock:
             for index in range(start, len(records)):
                 if len(self.queue) >= self.queue_capacity:

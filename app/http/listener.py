@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, g, request
@@ -19,6 +20,10 @@ from werkzeug.exceptions import HTTPException
 from app.http import openapi
 from app.http.errors import HTTPError, error_response, json_response
 from app.observability.metrics import Metrics
+from app.observability.tracing import TraceContext, request_context, valid_request_id
+
+if TYPE_CHECKING:
+    from app.observability.otel import RequestSpan, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +36,12 @@ def create_listener_app(
     ready_checks: Sequence[ReadyCheck],
     *,
     max_request_bytes: int,
+    tracing: Tracing | None = None,
 ) -> QuartTrio:
-    """An app serving ``/health``, ``/ready`` and ``/metrics``, with JSON error answers."""
+    """An app serving ``/health``, ``/ready`` and ``/metrics``, with JSON error answers.
+
+    With ``tracing``, every POST to a route gets a span (ingest routes: see :mod:`app.observability.otel`).
+    """
     app = QuartTrio(f"gateway.{name}")
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.config["BODY_TIMEOUT"] = 30
@@ -54,7 +63,33 @@ def create_listener_app(
         started = getattr(g, "started", None)
         if started is not None:
             metrics.http_duration.labels(name, route).observe(time.perf_counter() - started)
+        trace: TraceContext | None = g.get("trace")
+        request_id = trace.request_id if trace is not None else valid_request_id(request.headers.get("X-Request-ID"))
+        # A remote shipper's answer already names the id its records carry.
+        if request_id and "X-Request-ID" not in response.headers:
+            response.headers["X-Request-ID"] = request_id
         return response
+
+    if tracing is not None:
+        # Registered only when tracing is on: without it, requests pay nothing for it.
+
+        @app.before_request
+        async def start_span() -> None:
+            if request.method == "POST" and request.url_rule is not None:
+                trace = g.trace = request_context(
+                    request.headers.get("traceparent"),
+                    request.headers.get("tracestate"),
+                    request.headers.get("X-Request-ID"),
+                )
+                rule = request.url_rule.rule
+                g.span = tracing.start_request(f"POST {rule}", rule, name, trace)
+
+        @app.after_request
+        async def end_span(response: Response) -> Response:
+            span: RequestSpan | None = g.pop("span", None)
+            if span is not None:
+                span.end(response.status_code)
+            return response
 
     @app.errorhandler(HTTPError)
     async def handle_gateway_error(error: HTTPError) -> Response:

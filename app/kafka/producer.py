@@ -13,12 +13,15 @@ import logging
 from functools import partial
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
 from app.config import ProfileSettings
 from app.kafka.errors import KafkaConfigError, KafkaUnavailable
+
+if TYPE_CHECKING:
+    from app.observability.otel import Settlement
 
 Headers = list[tuple[str, bytes]]
 
@@ -30,6 +33,8 @@ class Record:
     key: bytes
     value: bytes
     headers: Headers
+    # Only while tracing: the submission whose ``deliver`` span this record's fate counts towards.
+    settlement: Settlement | None = None
 
     @property
     def size(self) -> int:
@@ -56,6 +61,8 @@ class Deliveries:
     delivered_bytes: int = 0
     failures: list[Failure] = field(default_factory=list)
     client_errors: list[tuple[str, str, bool]] = field(default_factory=list)
+    # Delivered records that carry a settlement, with their topic (traced produce calls only).
+    traced: list[tuple[Settlement, str]] = field(default_factory=list)
 
     @property
     def settled(self) -> int:
@@ -102,6 +109,7 @@ class KafkaProducer:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._reports: collections.deque[tuple[Record, Any, Any]] = collections.deque()
+        self._traced: collections.deque[tuple[Settlement, str]] = collections.deque()
         self._client_errors: collections.deque[Any] = collections.deque()
         # librdkafka's latest statistics (JSON), decoded only when metrics are scraped.
         self.statistics: str | None = None
@@ -126,14 +134,23 @@ class KafkaProducer:
         # and the record saves copying key and value back out of librdkafka.
         self._reports.append((record, err, msg))
 
-    def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
+    def _on_traced_delivery(self, record: Record, err: Any, msg: Any) -> None:
+        self._reports.append((record, err, msg))
+        if err is None and record.settlement is not None:
+            self._traced.append((record.settlement, msg.topic()))
+
+    def produce(
+        self, topic: str, records: Sequence[Record], start: int = 0, *, traced: bool = False
+    ) -> tuple[int, list[Failure]]:
         """Hand ``records[start:]`` to librdkafka without blocking.
 
         Returns the index reached (less than ``len(records)`` when librdkafka's queue is
         full: back off, poll, and call again from there) and the records it refused outright.
+        ``traced``: some records may carry a settlement (chosen per call, so that untraced
+        records pay nothing per record).
         """
         produce = self._producer.produce
-        report = self._on_delivery
+        report = self._on_traced_delivery if traced else self._on_delivery
         failures: list[Failure] = []
         index = start
         for index in range(start, len(records)):
@@ -195,6 +212,9 @@ class KafkaProducer:
                     out.latencies.setdefault(topic, []).append(latency)
             else:
                 out.failures.append(Failure(topic, record, err.name(), err.str(), err.fatal()))
+        traced = self._traced
+        while traced:
+            out.traced.append(traced.popleft())
         errors = self._client_errors
         while errors:
             error = errors.popleft()

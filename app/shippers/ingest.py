@@ -7,9 +7,9 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from app import events
@@ -19,14 +19,23 @@ from app.http.body import JSON, NDJSON, media_type, read_body
 from app.http.errors import HTTPError, json_response
 from app.kafka.producer import Record
 from app.observability.metrics import Metrics
-from app.observability.tracing import TraceContext, continue_trace
+from app.observability.tracing import TraceContext, request_context
 from app.profile import Outcome, ProducerProfile
+
+if TYPE_CHECKING:
+    from app.observability.otel import RequestSpan
 
 T = TypeVar("T")
 
 
 def request_trace() -> TraceContext:
-    return continue_trace(request.headers.get("traceparent"), request.headers.get("tracestate"))
+    """The request's trace context and request id (made once per request; the listener may have made it)."""
+    trace: TraceContext | None = g.get("trace")
+    if trace is None:
+        trace = g.trace = request_context(
+            request.headers.get("traceparent"), request.headers.get("tracestate"), request.headers.get("X-Request-ID")
+        )
+    return trace
 
 
 def decode_or_raise(decode: Callable[[], T]) -> T:
@@ -79,7 +88,8 @@ class Submitter:
         """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""
         check_event_sizes(records, self._max_event_bytes)
         size = sum(record.size for record in records)
-        outcome = self.profile.submit(records, size)
+        span: RequestSpan | None = g.get("span")  # set only when tracing is on
+        outcome = self.profile.submit(records, size) if span is None else span.submit(self.profile, records, size)
         if outcome is Outcome.FULL:
             raise HTTPError(
                 503,

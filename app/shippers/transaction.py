@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from app import events
@@ -25,6 +25,9 @@ from app.http.errors import HTTPError, json_response
 from app.observability.tracing import TraceContext
 from app.outbox.writer import OutboxUnavailable, OutboxWriter
 from app.shippers.ingest import decode_or_raise, received_at, request_trace
+
+if TYPE_CHECKING:
+    from app.observability.otel import RequestSpan
 
 TRANSACTIONS_ROUTE = "/api/v1/transactions"
 TRANSACTIONS_BATCH_ROUTE = "/api/v1/transactions/batch"
@@ -153,6 +156,15 @@ class TransactionShipper:
         return json_response(answer, 200)
 
     async def _write(self, writer: OutboxWriter, entries: list[OutboxEntry]) -> list[Accepted]:
+        span: RequestSpan | None = g.get("span")  # set only when tracing is on
+        if span is None:
+            return await self._commit(writer, entries)
+        span.span.set_attribute("events", len(entries))
+        with span.child("outbox commit") as commit:
+            commit.set_attribute("events", len(entries))
+            return await self._commit(writer, entries)
+
+    async def _commit(self, writer: OutboxWriter, entries: list[OutboxEntry]) -> list[Accepted]:
         try:
             return await writer.write(entries)
         except IdempotencyConflict as error:
