@@ -51,12 +51,11 @@ async def test_honcho_runs_the_roles_apart_and_a_log_reaches_kafka(
     )
     try:
         gateway = f"http://127.0.0.1:{ports['gateway']}"
-        await wait_ready(gateway, timeout=90)
+        for port in ports.values():  # every role's process comes up ready (or this times out)
+            await wait_ready(f"http://127.0.0.1:{port}", timeout=90)
         async with httpx.AsyncClient(base_url=gateway) as client:
             answer = await client.post("/api/v1/logs", json={"source": "procfile", "level": "INFO", "message": "hello"})
-            ready = {role: (await client.get(f"http://127.0.0.1:{port}/ready")).status_code for role, port in ports.items()}
         assert answer.status_code == 202, answer.text
-        assert ready == {role: 200 for role in ROLES}
         records = await kafka.read(gateway_env["APPLICATION_TOPIC"], count=1, settle=0.5)
         assert [r.headers["event-id"].decode() for r in records] == [answer.json()["eventId"]]
         served = httpx.get(f"http://127.0.0.1:{ports['application']}/metrics").text
