@@ -586,7 +586,9 @@ def main() -> int:
                 rows["bare"] = drive("bare ASGI on hypercorn-trio (ceiling)", f"http://127.0.0.1:{port}/", single, 1,
                                      SINGLE_CONNECTIONS, args.seconds, RssSampler(process.pid))
             gateway, workers = gateway_rows(services, prefix, tmp, events, args.seconds)
-            for key, row in zip(("single", "single8080", "batch100", "batch500", "tx100", "metrics100"), gateway):
+            keys = ("single", "single8080", "batch100", "batch500", "otlp500", "tx100", "metrics100")
+            assert len(keys) == len(gateway), "one key per gateway row"
+            for key, row in zip(keys, gateway):
                 rows[key] = row
             rows["workers"] = workers
             if not args.no_bridge:
@@ -600,13 +602,16 @@ def main() -> int:
     bare, raw = rows["bare"].rps, rows["raw"].events
     for key in ("single", "single8080"):
         rows[key].ratio, rows[key].against = rows[key].rps / bare, "bare hypercorn"
-    for key in ("batch100", "batch500", "tx100", "metrics100"):
+    for key in ("batch100", "batch500", "otlp500", "tx100", "metrics100"):
         rows[key].ratio, rows[key].against = rows[key].events / raw, "raw producer"
     rows["workers"].ratio, rows["workers"].against = rows["workers"].rps / rows["single"].rps, "one process, 8081"
     if "bridge500" in rows and not math.isnan(rows["bridge500"].events):
         rows["bridge1"].ratio, rows["bridge1"].against = rows["single"].rps / rows["bridge1"].rps, "gateway single / this"
         rows["bridge500"].ratio, rows["bridge500"].against = rows["batch500"].events / rows["bridge500"].events, "gateway batch-500 / this"
-    order = ["raw", "bare", "single", "single8080", "batch100", "batch500", "tx100", "metrics100", "workers", "bridge1", "bridge500"]
+    order = [
+        "raw", "bare", "single", "single8080", "batch100", "batch500", "otlp500", "tx100", "metrics100", "workers",
+        "bridge1", "bridge500",
+    ]
     print_table([rows[key] for key in order if key in rows] + codec)
     print()
     for line in targets(rows):
