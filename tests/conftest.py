@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
+import confluent_kafka.admin
 import psycopg
 import pytest
 import trio
@@ -34,25 +35,49 @@ class Infra:
     database_url: str
 
 
+# The suffixes unique_topics_env handed out in this session: its topics are deleted at the end
+# (only this session's, so that sessions sharing a broker do not pull topics from under each other).
+SESSION_TOPIC_SUFFIXES: set[str] = set()
+
+
 @pytest.fixture(scope="session")
-def infra() -> Infra:
+def infra() -> Iterator[Infra]:
+    """The Kafka and PostgreSQL of the session; the tests' own topics are deleted at its end."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     database = os.environ.get("DATABASE_URL")
-    if bootstrap and database:
-        return Infra(bootstrap, database)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=600,
-    )
-    served = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return Infra(bootstrap or served["KAFKA_BOOTSTRAP_SERVERS"], database or served["DATABASE_URL"])
+    if not (bootstrap and database):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+        served = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        bootstrap = bootstrap or served["KAFKA_BOOTSTRAP_SERVERS"]
+        database = database or served["DATABASE_URL"]
+    yield Infra(bootstrap, database)
+    delete_test_topics(bootstrap)
+
+
+def delete_test_topics(bootstrap: str) -> None:
+    """Left behind, thousands of test partitions would slow every later start of the broker."""
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        topics = [
+            name for name in admin.list_topics(timeout=10).topics
+            if any(name.endswith(suffix) or f"-{suffix}." in name for suffix in SESSION_TOPIC_SUFFIXES)
+        ]
+        if topics:
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.result(timeout=60)
+    except confluent_kafka.KafkaException as error:
+        print(f"test topics not deleted: {error}", file=sys.stderr)
 
 
 def unique_topics_env(prefix: str = "t") -> dict[str, str]:
     suffix = uuid.uuid4().hex[:10]
+    SESSION_TOPIC_SUFFIXES.add(suffix)
     return {
         "APPLICATION_TOPIC": f"{prefix}-application-logs-{suffix}",
         "INFRASTRUCTURE_TOPIC": f"{prefix}-infrastructure-logs-{suffix}",
