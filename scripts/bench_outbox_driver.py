@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path

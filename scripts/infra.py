@@ -882,6 +882,22 @@ def _check_ports_free(nodes: Sequence[KafkaNode]) -> None:
                 )
 
 
+def _spawn_detached(cmd: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a server in a session of its own (a Ctrl-C here does not reach it), output to ``log_path``."""
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _children[proc.pid] = proc
+    return proc
+
+
 def _spawn_broker(node: KafkaNode, s: Settings) -> int:
     """Start one broker JVM detached from us; returns its pid."""
     node.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -902,17 +918,7 @@ def _spawn_broker(node: KafkaNode, s: Settings) -> int:
         KAFKA_MAIN_CLASS,
         str(node.properties_file),
     ]
-    with node.stdout_log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=node.dir,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _children[proc.pid] = proc
+    proc = _spawn_detached(cmd, node.stdout_log, node.dir)
     _spawn_times[node.dir] = time.monotonic()
     _write_text(node.pid_file, f"{proc.pid}\n")
     log(f"started {node.name} (pid {proc.pid}, {node.bootstrap})")
@@ -1343,17 +1349,7 @@ def _prometheus_up(s: Settings) -> bool:
             f"--storage.tsdb.path={s.prometheus_data}",
             f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
         ]
-        with s.prometheus_log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=s.prometheus_dir,
-                start_new_session=True,
-                close_fds=True,
-            )
-        _children[proc.pid] = proc
+        proc = _spawn_detached(cmd, s.prometheus_log, s.prometheus_dir)
         _write_text(s.prometheus_pid_file, f"{proc.pid}\n")
         log(f"started Prometheus (pid {proc.pid}, 127.0.0.1:{s.prometheus_port})")
     deadline = time.monotonic() + PROMETHEUS_READY_TIMEOUT_S

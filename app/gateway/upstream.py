@@ -93,10 +93,6 @@ class Upstream:
         self._instances: list[Instance] = []
         self._turn = itertools.count()
 
-    @property
-    def instances(self) -> list[Instance]:
-        return list(self._instances)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the instance list fresh; close the pool when cancelled."""
         try:

@@ -106,6 +106,18 @@ def ingest(summary: str, body: dict[str, Any], answer: str, *, conflict: bool = 
     return {"post": {"summary": summary, "requestBody": {"required": True, "content": body}, "responses": responses}}
 
 
+def event_routes(route: str, batch_route: str, what: str, schema: str, batch_schema: str) -> dict[str, Any]:
+    """A single-event route (JSON) and its batch route (JSON or NDJSON), as EventRoutes serves them."""
+    return {
+        route: ingest(f"one {what}", {"application/json": {"schema": ref(schema)}}, "Accepted"),
+        batch_route: ingest(
+            f"a batch of {what}s, all or nothing",
+            {"application/json": {"schema": ref(batch_schema)}, "application/x-ndjson": {"schema": {"type": "string"}}},
+            "BatchAccepted",
+        ),
+    }
+
+
 def add_paths(app: QuartTrio, paths: dict[str, Any]) -> None:
     app.config.setdefault(PATHS_KEY, {}).update(paths)
 

@@ -19,7 +19,7 @@ from app import events, otlp
 from app.admission import Admission
 from app.config import Settings
 from app.http import openapi
-from app.http.body import JSON, NDJSON, media_type, read_body
+from app.http.body import media_type, read_body
 from app.http.errors import HTTPError
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
@@ -165,12 +165,7 @@ _PYTHON_FORM_SCHEMA: Final = {
 
 def openapi_paths() -> dict[str, Any]:
     return {
-        LOGS_ROUTE: openapi.ingest("one application log event", {JSON: {"schema": openapi.ref("LogIn")}}, "Accepted"),
-        LOGS_BATCH_ROUTE: openapi.ingest(
-            "a batch of application log events, all or nothing",
-            {JSON: {"schema": openapi.ref("LogBatch")}, NDJSON: {"schema": {"type": "string"}}},
-            "BatchAccepted",
-        ),
+        **openapi.event_routes(LOGS_ROUTE, LOGS_BATCH_ROUTE, "application log event", "LogIn", "LogBatch"),
         OTLP_LOGS_ROUTE: openapi_path(
             "OTLP/HTTP logs export (ExportLogsServiceRequest); one event per log record",
             {"resourceLogs": {"type": "array", "items": {"type": "object"}}},

@@ -18,7 +18,6 @@ from app import events, otlp
 from app.admission import Admission
 from app.config import Settings
 from app.http import openapi
-from app.http.body import JSON, NDJSON
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
 from app.shippers.ingest import EventKind, EventRoutes, Submitter, new_event_id, received_at
@@ -74,12 +73,7 @@ ROUTES = [(METRICS_ROUTE, "POST"), (METRICS_BATCH_ROUTE, "POST"), (OTLP_METRICS_
 
 def openapi_paths() -> dict[str, Any]:
     return {
-        METRICS_ROUTE: openapi.ingest("one host metric sample", {JSON: {"schema": openapi.ref("MetricIn")}}, "Accepted"),
-        METRICS_BATCH_ROUTE: openapi.ingest(
-            "a batch of host metric samples, all or nothing",
-            {JSON: {"schema": openapi.ref("MetricBatch")}, NDJSON: {"schema": {"type": "string"}}},
-            "BatchAccepted",
-        ),
+        **openapi.event_routes(METRICS_ROUTE, METRICS_BATCH_ROUTE, "host metric sample", "MetricIn", "MetricBatch"),
         OTLP_METRICS_ROUTE: openapi_path(
             "OTLP/HTTP metrics export (ExportMetricsServiceRequest); one event per gauge or sum data point",
             {"resourceMetrics": {"type": "array", "items": {"type": "object"}}},

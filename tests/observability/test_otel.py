@@ -296,9 +296,7 @@ def test_without_an_endpoint_no_opentelemetry_sdk_module_is_loaded() -> None:
     assert result.stdout.split("\n")[:2] == ["0 []", "True"]
 
 
-def test_a_full_span_queue_drops_without_a_log_line_per_span(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_ending_spans_never_waits_for_an_exporter_that_cannot_keep_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
@@ -309,6 +307,3 @@ def test_a_full_span_queue_drops_without_a_log_line_per_span(
         tracing.start_request("POST /x", "/x", "application", request_context(None, None, None)).end(202)
     assert time.monotonic() - started < 5.0, "ending spans never waits for the exporter"
     tracing.shutdown()
-    # 490 spans dropped; the SDK logs repeated lines once per window, not once per span.
-    drops = [r for r in caplog.records if r.getMessage().startswith("Queue full")]
-    assert 1 <= len(drops) < 10
