@@ -295,7 +295,10 @@ class ProducerProfile:
                 self.buffered_events -= 1
                 self.buffered_bytes -= failure.record.size
                 continue
-            self.breaker.record_failure(failure.error)
+            if failure.error not in PERMANENT_ERRORS:
+                # A record refused for what it is (too large, say) tells nothing of Kafka's health:
+                # a client sending such records must not open the breaker for everyone.
+                self.breaker.record_failure(failure.error)
             _tally(dead_lettered, failure)
             # Stays counted in the buffer until its dead letter settles.
             headers = [h for h in failure.record.headers if not h[0].startswith("dlq-")]

@@ -50,6 +50,8 @@ class FakeProducer:
         for topic, record in queue:
             if record.value.startswith(b"bad") and not topic.endswith(".dlq"):
                 out.failures.append(Failure(topic, record, "MSG_SIZE_TOO_LARGE", "too large"))
+            elif record.value.startswith(b"late") and not topic.endswith(".dlq"):
+                out.failures.append(Failure(topic, record, "_MSG_TIMED_OUT", "timed out"))
             else:
                 out.delivered[topic] += 1
                 out.delivered_bytes += record.size
@@ -135,6 +137,24 @@ async def test_refused_records_go_to_the_dead_letter_topic_with_the_error() -> N
     assert headers["event-id"] == b"1"
     assert sample(metrics, "kafka_producer_dead_letter_total", service="application", topic="logs") == 1
     assert sample(metrics, "kafka_producer_error_total", service="application", topic="logs", error="MSG_SIZE_TOO_LARGE") == 1
+
+
+@pytest.mark.parametrize(("value", "opens"), [(b"bad", False), (b"late", True)])
+async def test_only_failures_that_speak_of_kafka_open_the_breaker(value: bytes, opens: bool) -> None:
+    fake = FakeProducer()
+    profile, _ = make_profile(fake)
+    trips: list[str] = []
+    trip = profile.breaker.trip
+    profile.breaker.trip = lambda reason: (trips.append(reason), trip(reason))[1]  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(profile.run)
+        records = [record(value) for _ in range(12)]
+        assert profile.submit(records, sum(r.size for r in records)) is Outcome.ACCEPTED
+        await wait_until(lambda: profile.buffered_events == 0)
+        profile.close()
+    # (The dead letters' own deliveries then close it again.)
+    assert trips[:1] == (["10 consecutive delivery failures, last: _MSG_TIMED_OUT"] if opens else [])
+    assert len([t for t, _ in fake.delivered if t == "logs.dlq"]) == 12
 
 
 async def test_a_full_librdkafka_queue_is_waited_out_not_dropped() -> None:
