@@ -6,7 +6,8 @@ event accepted and not yet settled by Kafka (in the channel, in librdkafka's que
 flight), in events and in bytes, so it is the one place where backpressure is decided.
 
 The producer task hands records to librdkafka on the trio thread (``produce`` does not
-block); a poll loop serves delivery reports in a worker thread and applies them here.
+block); a poll loop serves delivery reports there too (``poll(0)`` does not block either) and
+applies them. Only ``flush`` at shutdown and metadata requests wait, in worker threads.
 Records Kafka refuses for good go to the profile's dead-letter topic with headers naming
 the error and the original topic.
 """
@@ -31,6 +32,8 @@ from app.observability.metrics import Metrics
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05
+# While records are out: librdkafka lingers 10 ms before it sends, so 5 ms adds little latency.
+POLL_BUSY_INTERVAL = 0.005
 READY_CACHE_SECONDS = 1.0
 # At most one log line per second for one kind of failure: a failing broker at 50,000 events/s
 # must not write a line per event. The lines count the events they stand for.
@@ -94,6 +97,7 @@ class ProducerProfile:
         self._closed = False
         self._drain_scope = trio.CancelScope()
         self._room = trio.Event()
+        self._produced = trio.Event()
         self._pending_dead_letters: list[Record] = []
         self._pending_resends: list[Record] = []
         self._poll_limiter = trio.CapacityLimiter(1)
@@ -184,6 +188,7 @@ class ProducerProfile:
         index = 0
         while True:
             index, failures = self._producer.produce(topic, records, index, traced=traced)
+            self._produced.set()
             if failures:
                 self._settle_failures(failures)
             if index >= len(records):
@@ -194,17 +199,28 @@ class ProducerProfile:
                 await room.wait()
 
     async def _poll_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve delivery reports on the trio thread, every POLL_BUSY_INTERVAL while records are out.
+
+        ``poll(0)`` never blocks. In a worker thread, ``poll`` took the GIL back once per delivery
+        report and waited for the busy trio thread each time: under HTTP load deliveries crawled
+        and the buffer filled (measured: 10,000 of 117,000 events/s offered accepted).
+        """
         task_status.started()
         while True:
-            deliveries = await trio.to_thread.run_sync(
-                self._producer.poll, POLL_INTERVAL, limiter=self._poll_limiter
-            )
-            self._apply(deliveries)
-            for retired in list(self._retired):
-                self._apply(await trio.to_thread.run_sync(retired.poll, 0, limiter=self._poll_limiter))
-                if not retired.queued():
-                    self._retired.remove(retired)
-            self._send_pending()
+            async with self._poll_limiter:
+                self._apply(self._producer.poll(0))
+                for retired in list(self._retired):
+                    self._apply(retired.poll(0))
+                    if not retired.queued():
+                        self._retired.remove(retired)
+                self._send_pending()
+            if self.buffered_events or self._retired:
+                await trio.sleep(POLL_BUSY_INTERVAL)
+            else:
+                # Idle: errors and statistics are served at the slower pace; a produce wakes us.
+                with trio.move_on_after(POLL_INTERVAL):
+                    await self._produced.wait()
+            self._produced = trio.Event()
 
     async def _probe_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """While the breaker is half-open, ask Kafka for metadata: its answer closes the breaker."""
@@ -251,9 +267,7 @@ class ProducerProfile:
             if topic == self.dead_letter_topic:
                 self._metrics.dead_letters.labels(self.name, self.topic).inc(count)
         for topic, latencies in deliveries.latencies.items():
-            histogram = self._metrics.send_duration.labels(self.name, topic)
-            for latency in latencies:
-                histogram.observe(latency)
+            self._metrics.send_duration.labels(self.name, topic).observe_many(latencies)
         self.buffered_events -= sum(deliveries.delivered.values())
         self.buffered_bytes -= deliveries.delivered_bytes
         if deliveries.failures:

@@ -87,3 +87,17 @@ def test_json_nested_too_deeply_is_a_schema_error_not_a_crash(depth: int) -> Non
             decode()
     with pytest.raises(events.InvalidEvents, match="nested too deeply"):
         events.decode_log(b'{"source":"a","level":"INFO","message":"m","attributes":{"x":' + nested + b"}}")
+
+
+def test_a_valid_batch_decodes_in_one_pass_to_what_each_event_decodes_to() -> None:
+    items = [
+        b'{"source":"a","level":"warn","message":"m","timestamp":"2026-01-02T03:04:05"}',
+        b'{"source":"b","level":"INFO","message":"m","timestamp":"2026-01-02T03:04:05.5+02:00","attributes":{"k":[1]}}',
+        b'{"source":"c","level":"Error","message":"m","traceId":"t"}',
+    ]
+    one_by_one = [events.decode_log(item) for item in items]
+    assert events.decode_log_batch(b'{"logs":[' + b",".join(items) + b"]}", 10) == one_by_one
+    assert events.decode_log_ndjson(b"\r\n".join(items) + b"\n\n", 10) == one_by_one
+    assert [log.level for log in one_by_one] == ["WARN", "INFO", "ERROR"]
+    # A timestamp without a zone is UTC.
+    assert one_by_one[0].timestamp == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)

@@ -43,14 +43,6 @@ class ErrorAnswer(msgspec.Struct):
     detail: Any = None
 
 
-class LogBatch(msgspec.Struct):
-    logs: list[events.LogIn]
-
-
-class MetricBatch(msgspec.Struct):
-    metrics: list[events.MetricIn]
-
-
 class TransactionBatch(msgspec.Struct):
     transactions: list[events.TransactionBatchItem]
 
@@ -72,7 +64,7 @@ def ref(name: str) -> dict[str, str]:
 @cache
 def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        (LogBatch, MetricBatch, TransactionBatch, events.TransactionIn, Accepted, BatchAccepted, ErrorAnswer, TransactionStatus),
+        (events.LogBatch, events.MetricBatch, TransactionBatch, events.TransactionIn, Accepted, BatchAccepted, ErrorAnswer, TransactionStatus),
         ref_template="#/components/schemas/{name}",
     )
     level = components["LogIn"]["properties"]["level"]

@@ -1,9 +1,10 @@
 """The one adapter around ``confluent_kafka.Producer``.
 
 librdkafka calls back from whichever thread runs ``poll``/``flush``. The callbacks here
-only append to a deque; :meth:`KafkaProducer.poll` (run in a worker thread) turns what was
-appended into a plain :class:`Deliveries` value that the trio side applies. No trio object
-is ever touched from a librdkafka thread.
+only append to a deque; :meth:`KafkaProducer.poll` (``poll(0)`` on the trio thread, which never
+waits) and :meth:`KafkaProducer.flush` (in a worker thread) turn what was appended into a plain
+:class:`Deliveries` value that the trio side applies. No trio object is ever touched from a
+librdkafka thread.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from app.shippers.ingest import (
     EventRoutes,
     Submitter,
     decode_or_raise,
-    new_event_id,
+    new_event_ids,
     received_at,
     request_trace,
 )
@@ -52,25 +52,17 @@ def log_records(
     """
     now = received_at()
     trace_headers = trace.kafka_headers()
+    event_ids = new_event_ids(len(logs))
     records: list[Record] = []
-    event_ids: list[str] = []
+    append = records.append
+    LogRecord, encode = events.LogRecord, _encode
     for index, log in enumerate(logs):
         headers = (own_headers[index] if own_headers is not None else None) or trace_headers
-        event_id = new_event_id()
-        value = _encode(
-            events.LogRecord(
-                eventId=event_id,
-                receivedAt=now,
-                source=log.source,
-                level=log.level,
-                message=log.message,
-                timestamp=events.format_timestamp(log.timestamp) if log.timestamp else now,
-                attributes=log.attributes,
-                traceId=log.traceId,
-            )
+        event_id = event_ids[index]
+        value = encode(
+            LogRecord(event_id, now, log.source, log.level, log.message, log.timestamp or now, log.attributes, log.traceId)
         )
-        records.append(Record(log.source.encode(), value, [("event-id", event_id.encode()), *headers]))
-        event_ids.append(event_id)
+        append(Record(log.source.encode(), value, [("event-id", event_id.encode()), *headers]))
     return records, event_ids
 
 

@@ -20,7 +20,7 @@ from app.config import Settings
 from app.http import openapi
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
-from app.shippers.ingest import EventKind, EventRoutes, Submitter, new_event_id, received_at
+from app.shippers.ingest import EventKind, EventRoutes, Submitter, new_event_ids, received_at
 from app.shippers.otlp import OTLPRoute, Prepared, openapi_path
 
 METRICS_ROUTE = "/api/v1/metrics"
@@ -33,24 +33,17 @@ _encode = msgspec.json.Encoder().encode
 def metric_records(samples: list[events.MetricIn], trace_headers: Headers) -> tuple[list[Record], list[str]]:
     """Kafka records for validated samples: key = host, value = the sample as JSON."""
     now = received_at()
+    event_ids = new_event_ids(len(samples))
     records: list[Record] = []
-    event_ids: list[str] = []
-    for sample in samples:
-        event_id = new_event_id()
-        value = _encode(
-            events.MetricRecord(
-                eventId=event_id,
-                receivedAt=now,
-                host=sample.host,
-                metric=sample.metric,
-                value=sample.value,
-                unit=sample.unit,
-                labels=sample.labels,
-                timestamp=events.format_timestamp(sample.timestamp) if sample.timestamp else now,
+    append = records.append
+    MetricRecord, encode = events.MetricRecord, _encode
+    for sample, event_id in zip(samples, event_ids):
+        value = encode(
+            MetricRecord(
+                event_id, now, sample.host, sample.metric, sample.value, sample.unit, sample.labels, sample.timestamp or now
             )
         )
-        records.append(Record(sample.host.encode(), value, [("event-id", event_id.encode()), *trace_headers]))
-        event_ids.append(event_id)
+        append(Record(sample.host.encode(), value, [("event-id", event_id.encode()), *trace_headers]))
     return records, event_ids
 
 
