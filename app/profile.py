@@ -169,8 +169,7 @@ class ProducerProfile:
                         # per scheduling round falls behind as soon as more requests arrive per round
                         # (measured: deliveries starved to ~150 events/s under 64 connections).
                         for queued in self._take_queued(submission):
-                            traced = queued.records[0].settlement is not None  # one look per submission
-                            await self._produce(self.topic, queued.records, traced)
+                            await self._produce(self.topic, queued.records)
             if self._drain_scope.cancelled_caught:
                 self._count_unsent_as_lost()
             pollers.cancel_scope.cancel()
@@ -184,10 +183,10 @@ class ProducerProfile:
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
 
-    async def _produce(self, topic: str, records: Sequence[Record], traced: bool) -> None:
+    async def _produce(self, topic: str, records: Sequence[Record]) -> None:
         index = 0
         while True:
-            index, failures = self._producer.produce(topic, records, index, traced=traced)
+            index, failures = self._producer.produce(topic, records, index)
             self._produced.set()
             if failures:
                 self._settle_failures(failures)
@@ -365,14 +364,14 @@ class ProducerProfile:
         """Hand librdkafka the records to send again and the dead letters not yet taken."""
         if self._pending_resends:
             pending = self._pending_resends
-            index, failures = self._producer.produce(self.topic, pending, traced=True)
+            index, failures = self._producer.produce(self.topic, pending)
             self._pending_resends = pending[index:]
             if failures:
                 self._settle_failures(failures)
         if not self._pending_dead_letters:
             return
         pending = self._pending_dead_letters
-        index, failures = self._producer.produce(self.dead_letter_topic, pending, traced=True)
+        index, failures = self._producer.produce(self.dead_letter_topic, pending)
         self._pending_dead_letters = pending[index:]
         if failures:
             self._settle_failures(failures)

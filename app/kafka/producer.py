@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from functools import partial
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,17 +28,28 @@ Headers = list[tuple[str, bytes]]
 
 @dataclass(slots=True)
 class Record:
-    """One Kafka record as the gateway hands it to the producer."""
+    """One Kafka record as the gateway hands it to the producer.
+
+    A record is its own delivery callback: confluent-kafka's delivery reports carry no headers
+    (confluent-kafka-python #574), so the report must lead back to the record for a dead letter,
+    and passing the record itself costs no allocation per produce call (a ``partial`` did).
+    """
 
     key: bytes
     value: bytes
     headers: Headers
     # Only while tracing: the submission whose ``deliver`` span this record's fate counts towards.
     settlement: Settlement | None = None
+    # Set by the producer that takes the record: where its delivery report goes.
+    report: Callable[[tuple[Record, Any, Any]], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
         return len(self.key) + len(self.value)
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        # Runs inside poll()/flush(): hand the report over, nothing more.
+        self.report((self, err, msg))  # type: ignore[misc]
 
 
 @dataclass(slots=True)
@@ -62,7 +72,7 @@ class Deliveries:
     delivered_bytes: int = 0
     failures: list[Failure] = field(default_factory=list)
     client_errors: list[tuple[str, str, bool]] = field(default_factory=list)
-    # Delivered records that carry a settlement, with their topic (traced produce calls only).
+    # Delivered records that carry a settlement (only while tracing), with their topic.
     traced: list[tuple[Settlement, str]] = field(default_factory=list)
 
     @property
@@ -110,7 +120,6 @@ class KafkaProducer:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._reports: collections.deque[tuple[Record, Any, Any]] = collections.deque()
-        self._traced: collections.deque[tuple[Settlement, str]] = collections.deque()
         self._client_errors: collections.deque[Any] = collections.deque()
         # librdkafka's latest statistics (JSON), decoded only when metrics are scraped.
         self.statistics: str | None = None
@@ -130,37 +139,21 @@ class KafkaProducer:
         # Runs inside poll(), in the poll thread: keep the string, nothing more.
         self.statistics = statistics
 
-    def _on_delivery(self, record: Record, err: Any, msg: Any) -> None:
-        # Bound to its record: delivery reports carry no headers (confluent-kafka-python #574),
-        # and the record saves copying key and value back out of librdkafka.
-        self._reports.append((record, err, msg))
-
-    def _on_traced_delivery(self, record: Record, err: Any, msg: Any) -> None:
-        self._reports.append((record, err, msg))
-        if err is None and record.settlement is not None:
-            self._traced.append((record.settlement, msg.topic()))
-
-    def produce(
-        self, topic: str, records: Sequence[Record], start: int = 0, *, traced: bool = False
-    ) -> tuple[int, list[Failure]]:
+    def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
         """Hand ``records[start:]`` to librdkafka without blocking.
 
         Returns the index reached (less than ``len(records)`` when librdkafka's queue is
         full: back off, poll, and call again from there) and the records it refused outright.
-        ``traced``: some records may carry a settlement (chosen per call, so that untraced
-        records pay nothing per record).
         """
         produce = self._producer.produce
-        report = self._on_traced_delivery if traced else self._on_delivery
+        report = self._reports.append
         failures: list[Failure] = []
         index = start
         for index in range(start, len(records)):
             record = records[index]
+            record.report = report
             try:
-                produce(
-                    topic, record.value, record.key, headers=record.headers,  # type: ignore[arg-type]
-                    on_delivery=partial(report, record),
-                )
+                produce(topic, record.value, record.key, headers=record.headers, on_delivery=record)  # type: ignore[arg-type]
             except BufferError:
                 return index, failures
             except confluent_kafka.KafkaException as error:
@@ -202,20 +195,25 @@ class KafkaProducer:
     def _collect(self) -> Deliveries:
         out = Deliveries()
         reports = self._reports
+        delivered, latencies, traced = out.delivered, out.latencies, out.traced
+        delivered_bytes = 0
         while reports:
             record, err, msg = reports.popleft()
             topic = msg.topic()
             if err is None:
-                out.delivered[topic] += 1
-                out.delivered_bytes += record.size
+                delivered[topic] += 1
+                delivered_bytes += len(record.key) + len(record.value)
                 latency = msg.latency()
                 if latency is not None:
-                    out.latencies.setdefault(topic, []).append(latency)
+                    if topic in latencies:
+                        latencies[topic].append(latency)
+                    else:
+                        latencies[topic] = [latency]
+                if record.settlement is not None:
+                    traced.append((record.settlement, topic))
             else:
                 out.failures.append(Failure(topic, record, err.name(), err.str(), err.fatal()))
-        traced = self._traced
-        while traced:
-            out.traced.append(traced.popleft())
+        out.delivered_bytes = delivered_bytes
         errors = self._client_errors
         while errors:
             error = errors.popleft()
