@@ -30,6 +30,8 @@ class Admission:
         self._metrics = metrics
         self._keys = api_keys
         self._bucket = TokenBucket(rate_limit, max(rate_limit, burst), clock) if rate_limit > 0 else None
+        # Exported at 0 from the start: rate() and increase() then see the first throttled burst.
+        metrics.throttled.labels(service)
 
     def authenticate(self) -> ApiKey | None:
         """The request's API key (None when authentication is off); 401 without a valid one."""

@@ -293,7 +293,15 @@ async def scrape_and_query(prometheus: PrometheusAPI, gateway: Runtime, settings
     )
     assert 0 < float(p99["value"][1]) <= 30 and math.isfinite(float(p99["value"][1]))
 
-    assert await prometheus.by_label("producer_throttled_total", "service") == {"application": throttled}
+    # Exported at 0 from the start for every shipper, so that rate() sees the first throttled burst.
+    assert await prometheus.by_label("producer_throttled_total", "service") == {
+        "application": throttled, "infrastructure": 0, "transaction": 0,
+    }
+    # The seed's other two queries, as its users type them: throttling shows, and healthy traffic
+    # has no error series at all (each appears with its librdkafka error name on the first error).
+    throttling = await prometheus.query("rate(producer_throttled_total[1m])")
+    assert {series["metric"]["service"] for series in throttling if float(series["value"][1]) > 0} == {"application"}
+    assert await prometheus.query("rate(kafka_producer_error_total[1m])") == []
 
     # The target's `listener` label wins over the gauge's own, which Prometheus keeps as exported_listener.
     await prometheus.wait_for(
