@@ -80,17 +80,22 @@ async def test_a_full_buffer_answers_503_with_retry_after_at_once() -> None:
             refused = await client.post("/api/v1/logs", json=event)
             elapsed = trio.current_time() - started
             batch = await client.post("/api/v1/logs/batch", json={"logs": [event]})
+            export = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "m"}}]}]}]}
+            otlp = await client.post("/v1/logs", json=export)
         assert refused.status_code == 503 and batch.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"] == "buffer full"
         assert elapsed < 1.0
+        # OTLP/HTTP's own terms: 503 with Retry-After, and a google.rpc.Status (14, UNAVAILABLE) body.
+        assert otlp.status_code == 503 and otlp.headers["Retry-After"] == "1"
+        assert otlp.json()["code"] == 14 and "buffer is full" in otlp.json()["message"]
         runtime.shutdown()
         with trio.fail_after(10):
             while not runtime.metrics.registry.get_sample_value("kafka_producer_lost_total", {"service": "application"}):
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     metrics = runtime.metrics.registry
-    assert metrics.get_sample_value("producer_rejected_total", {"service": "application", "reason": "full"}) == 2
+    assert metrics.get_sample_value("producer_rejected_total", {"service": "application", "reason": "full"}) == 3
     # Never delivered (no broker) and the flush deadline passed: counted, not hidden.
     assert metrics.get_sample_value("kafka_producer_lost_total", {"service": "application"}) == 5
 
