@@ -10,6 +10,7 @@ import gzip
 import json
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -17,8 +18,15 @@ import httpx
 import psutil
 import psycopg
 import pytest
+from google.protobuf import json_format
+from google.rpc.status_pb2 import Status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 
 from tests.conftest import Infra
 from tests.kafka_reader import KafkaReader
@@ -26,7 +34,12 @@ from tests.processes import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-ROUTES = ["/api/v1/logs", "/api/v1/logs/batch", "/api/v1/transactions", "/api/v1/transactions/batch"]
+ROUTES = [
+    "/api/v1/logs", "/api/v1/logs/batch", "/api/v1/logs/python", "/v1/logs",
+    "/api/v1/metrics", "/api/v1/metrics/batch", "/v1/metrics",
+    "/api/v1/transactions", "/api/v1/transactions/batch",
+]
+OTLP_ROUTES = {"/v1/logs", "/v1/metrics"}
 REFUSALS = {400, 401, 404, 405, 409, 413, 415, 422, 429, 503}
 RSS_LIMIT = 512 * 1024 * 1024
 
@@ -37,14 +50,20 @@ class Target:
     pid: int
     env: dict[str, str]
     accepted_logs: set[str] = field(default_factory=set)
+    accepted_metrics: set[str] = field(default_factory=set)
     accepted_transactions: set[str] = field(default_factory=set)
+    # OTLP answers count what they took, without ids.
+    otlp_logs: int = 0
+    otlp_metrics: int = 0
 
 
 @pytest.fixture(scope="module")
 def target(infra: Infra) -> Iterator[Target]:
     limits = {"MAX_REQUEST_BYTES": str(1024 * 1024), "MAX_DECOMPRESSED_BYTES": str(4 * 1024 * 1024), "MAX_EVENT_BYTES": str(256 * 1024)}
-    with running_gateway(infra, **limits) as gateway:
-        yield Target([gateway.urls[name] for name in ("gateway", "application", "transaction")], gateway.pid, gateway.env)
+    # No host collector: the infrastructure topic then holds exactly what the routes accepted.
+    with running_gateway(infra, COLLECTOR_INTERVAL="0", **limits) as gateway:
+        listeners = ("gateway", "application", "infrastructure", "transaction")
+        yield Target([gateway.urls[name] for name in listeners], gateway.pid, gateway.env)
 
 
 def nested(depth: int) -> bytes:
@@ -85,7 +104,35 @@ valid_transaction = st.fixed_dictionaries(
         "currency": st.sampled_from(["EUR", "JPY"]),
     }
 )
+metric_like = st.fixed_dictionaries(
+    {"host": st.text(max_size=10), "metric": st.text(max_size=10), "value": st.one_of(st.floats(), st.integers(), st.text(max_size=5))},
+    optional={"unit": st.text(max_size=40), "labels": json_values, "timestamp": st.text(max_size=25), "extra": json_values},
+)
+valid_metric = st.fixed_dictionaries(
+    {
+        "host": st.text(min_size=1, max_size=10),
+        "metric": st.text(min_size=1, max_size=10),
+        "value": st.floats(allow_nan=False, allow_infinity=False),
+    },
+    optional={"labels": st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=5), max_size=3)},
+)
+# OTLP/HTTP JSON exports: records with and without a body, points with and without a value.
+otlp_logs = st.lists(st.one_of(st.just({}), st.text(max_size=20).map(lambda t: {"body": {"stringValue": t}}), json_values), max_size=4).map(
+    lambda records: {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
+)
+otlp_metrics = st.lists(st.one_of(st.just({}), st.floats().map(lambda v: {"asDouble": v}), json_values), max_size=4).map(
+    lambda points: {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "m", "gauge": {"dataPoints": points}}]}]}]}
+)
+python_form = st.dictionaries(
+    st.sampled_from(["name", "msg", "args", "levelno", "levelname", "created", "lineno"]), st.text(max_size=30), max_size=7
+).map(lambda fields: urllib.parse.urlencode(fields).encode())
 bodies = st.one_of(
+    valid_metric.map(lambda v: json.dumps(v).encode()),
+    st.lists(valid_metric, min_size=1, max_size=5).map(lambda v: json.dumps({"metrics": v}).encode()),
+    st.lists(metric_like, max_size=5).map(lambda v: json.dumps({"metrics": v}).encode()),
+    otlp_logs.map(lambda v: json.dumps(v).encode()),
+    otlp_metrics.map(lambda v: json.dumps(v).encode()),
+    python_form,
     valid_log.map(lambda v: json.dumps(v).encode()),
     st.lists(valid_log, min_size=1, max_size=5).map(lambda v: json.dumps({"logs": v}).encode()),
     valid_transaction.map(lambda v: json.dumps(v).encode()),
@@ -99,7 +146,10 @@ bodies = st.one_of(
     st.lists(transaction_like, max_size=5).map(lambda v: json.dumps({"transactions": v}).encode()),
     st.sampled_from([nested(5_000), b'"' + b"x" * 2_000_000 + b'"', b"[" * 100_000]),
 )
-content_types = st.sampled_from(["application/json", "application/json", "application/json", "application/x-ndjson", "text/plain", "", "application/json; charset=latin-1", "\x00"])
+content_types = st.sampled_from([
+    "application/json", "application/json", "application/json", "application/x-ndjson", "text/plain", "",
+    "application/json; charset=latin-1", "\x00", "application/x-protobuf", "application/x-www-form-urlencoded",
+])
 encodings = st.sampled_from(["", "", "", "gzip", "gzip", "gzip-bomb", "gzip-broken", "br", "identity"])
 extra_headers = st.dictionaries(
     st.sampled_from(["traceparent", "tracestate", "Idempotency-Key", "X-Request-ID", "Authorization"]),
@@ -120,7 +170,7 @@ def encode(body: bytes, encoding: str) -> tuple[bytes, dict[str, str]]:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
-    url_index=st.integers(0, 2),
+    url_index=st.integers(0, 3),
     route=st.sampled_from(ROUTES),
     body=bodies,
     content_type=content_types,
@@ -138,14 +188,50 @@ def test_every_answer_is_honest(
         response = httpx.post(f"{target.urls[url_index]}{route}", content=payload, headers=request_headers, timeout=30)
     except httpx.LocalProtocolError:
         return  # the client itself refused to send such headers
-    assert response.status_code == 202 or response.status_code in REFUSALS, (response.status_code, response.text[:300])
-    answer = response.json()
-    if response.status_code != 202:
-        assert isinstance(answer["error"], str) and answer["error"]
-        return
-    ids = answer.get("eventIds") or [answer["eventId"]]
-    (target.accepted_logs if "/logs" in route else target.accepted_transactions).update(ids)
+    if route in OTLP_ROUTES and response.status_code not in (404, 405):
+        otlp_answer(target, route, payload, request_headers, response)
+    else:
+        assert response.status_code == 202 or response.status_code in REFUSALS, (response.status_code, response.text[:300])
+        answer = response.json()
+        if response.status_code != 202:
+            assert isinstance(answer["error"], str) and answer["error"]
+            return
+        ids = answer.get("eventIds") or [answer["eventId"]]
+        accepted = target.accepted_logs if "/logs" in route else target.accepted_metrics if "/metrics" in route else target.accepted_transactions
+        accepted.update(ids)
     assert psutil.Process(target.pid).memory_info().rss < RSS_LIMIT
+
+
+def otlp_answer(target: Target, route: str, payload: bytes, headers: dict[str, str], response: httpx.Response) -> None:
+    """OTLP/HTTP answers in its own terms: 200 with an export response, or a google.rpc.Status,
+    each in the request's encoding (JSON unless it was protobuf)."""
+    protobuf = headers.get("Content-Type") == "application/x-protobuf"
+    assert response.status_code == 200 or response.status_code in REFUSALS, (response.status_code, response.text[:300])
+    assert response.headers["Content-Type"].startswith("application/x-protobuf" if protobuf else "application/json")
+    if response.status_code != 200:
+        status = Status.FromString(response.content) if protobuf else json_format.Parse(response.content, Status())
+        assert status.code != 0 and status.message
+        return
+    # Taken: every record (or point) of the request but those the answer counts as rejected.
+    signal = "logs" if route == "/v1/logs" else "metrics"
+    request_type = ExportLogsServiceRequest if signal == "logs" else ExportMetricsServiceRequest
+    response_type = ExportLogsServiceResponse if signal == "logs" else ExportMetricsServiceResponse
+    data = gzip.decompress(payload) if headers.get("Content-Encoding") == "gzip" else payload
+    if protobuf:
+        request, answer = request_type.FromString(data), response_type.FromString(response.content)
+    else:
+        request = json_format.Parse(data, request_type(), ignore_unknown_fields=True)
+        answer = json_format.Parse(response.content or b"{}", response_type())
+    if signal == "logs":
+        sent = sum(len(scope.log_records) for resource in request.resource_logs for scope in resource.scope_logs)
+        target.otlp_logs += sent - answer.partial_success.rejected_log_records
+    else:
+        sent = sum(
+            len(getattr(metric, metric.WhichOneof("data")).data_points)
+            for resource in request.resource_metrics for scope in resource.scope_metrics for metric in scope.metrics
+            if metric.WhichOneof("data")
+        )
+        target.otlp_metrics += sent - answer.partial_success.rejected_data_points
 
 
 def test_slow_clients_do_not_hold_up_the_others(target: Target) -> None:
@@ -173,17 +259,28 @@ def test_exactly_what_was_accepted_reached_kafka_and_the_outbox(target: Target, 
         target.accepted_logs.add(response.json()["eventId"])
     for i in range(5):
         response = httpx.post(
-            f"{target.urls[2]}/api/v1/transactions",
+            f"{target.urls[3]}/api/v1/transactions",
             json={"userId": "ok", "type": "DEPOSIT", "amount": i + 1, "currency": "EUR"},
         )
         target.accepted_transactions.add(response.json()["eventId"])
-    logs = KafkaReader(infra.kafka_bootstrap_servers).read_sync(
-        target.env["APPLICATION_TOPIC"],
-        until=lambda rs: target.accepted_logs <= {r.headers["event-id"].decode() for r in rs},
-        timeout=60,
-        settle=2.0,
-    )
-    assert sorted(r.headers["event-id"].decode() for r in logs) == sorted(target.accepted_logs)
+    for i in range(5):
+        response = httpx.post(f"{target.urls[2]}/api/v1/metrics", json={"host": "ok", "metric": "m", "value": i})
+        target.accepted_metrics.add(response.json()["eventId"])
+    reader = KafkaReader(infra.kafka_bootstrap_servers)
+    for topic, accepted, otlp in (
+        (target.env["APPLICATION_TOPIC"], target.accepted_logs, target.otlp_logs),
+        (target.env["INFRASTRUCTURE_TOPIC"], target.accepted_metrics, target.otlp_metrics),
+    ):
+        records = reader.read_sync(
+            topic,
+            until=lambda rs: len(rs) >= len(accepted) + otlp and accepted <= {r.headers["event-id"].decode() for r in rs},
+            timeout=60,
+            settle=2.0,
+        )
+        ids = [r.headers["event-id"].decode() for r in records]
+        assert len(ids) == len(set(ids)), f"{topic}: an event twice"
+        # Every event answered with an id, and as many others as the OTLP answers said they took.
+        assert accepted <= set(ids) and len(ids) == len(accepted) + otlp, (topic, len(ids), len(accepted), otlp)
     with psycopg.connect(target.env["DATABASE_URL"]) as conn:
         stored = {str(row[0]) for row in conn.execute("SELECT event_id FROM outbox")}
     assert stored == target.accepted_transactions
