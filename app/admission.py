@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from quart import request
-
 from app.auth import ApiKey, ApiKeys, Unauthorized
 from app.http.errors import HTTPError
 from app.observability.metrics import Metrics
@@ -33,12 +31,13 @@ class Admission:
         # Exported at 0 from the start: rate() and increase() then see the first throttled burst.
         metrics.throttled.labels(service)
 
-    def authenticate(self) -> ApiKey | None:
-        """The request's API key (None when authentication is off); 401 without a valid one."""
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        """The API key of a request's ``Authorization`` header (None when authentication is off);
+        401 without a valid one."""
         if self._keys is None:
             return None
         try:
-            return self._keys.authenticate(request.headers.get("Authorization"))
+            return self._keys.authenticate(authorization)
         except Unauthorized as error:
             raise HTTPError(
                 401, "unauthorized", str(error), headers={"WWW-Authenticate": 'Bearer realm="kafka-log-gateway"'}

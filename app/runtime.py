@@ -33,6 +33,7 @@ from app.config import ROLES, Settings
 from app.db.database import Database
 from app.gateway.app import Shipper, route_in_process, route_remote
 from app.gateway.upstream import Upstream
+from app.http.fastlane import FAST_ROUTES_KEY, FastLane
 from app.http.listener import ReadyCheck, create_listener_app
 from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
@@ -279,6 +280,16 @@ def build_apps(
     return apps
 
 
+def fast_lane(app: QuartTrio, name: str, metrics: Metrics, settings: Settings) -> FastLane | QuartTrio:
+    """``app`` behind a lane for its fast routes, when it has any."""
+    if not app.config.get(FAST_ROUTES_KEY):
+        return app
+    return FastLane(
+        app, name, metrics,
+        max_request_bytes=settings.max_request_bytes, max_decompressed_bytes=settings.max_decompressed_bytes,
+    )
+
+
 def hypercorn_config(settings: Settings, port: int) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     if settings.reuse_port:
@@ -368,9 +379,11 @@ async def run(
                     if name not in apps:
                         continue
                     app, port = apps[name]
+                    # With tracing on, every request goes through the Quart hooks that make its spans.
+                    served: Any = app if tracing is not None else fast_lane(app, name, metrics, settings)
                     addresses[name] = await listeners.start(
                         partial(
-                            hypercorn.trio.serve, app, hypercorn_config(settings, port), shutdown_trigger=shutdown.wait
+                            hypercorn.trio.serve, served, hypercorn_config(settings, port), shutdown_trigger=shutdown.wait
                         )
                     )
                     log.info("%s listening on %s", name, ", ".join(addresses[name]))

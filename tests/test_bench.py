@@ -99,7 +99,7 @@ def rows(**events: float) -> dict[str, bench.Row]:
     return {
         "raw": bench.Row("raw", events=400_000),
         "bare": bench.Row("bare", rps=1000),
-        "single": bench.Row("single", rps=900, rss_mb=100),
+        "single": bench.Row("single", rps=900, rss_mb=100, ratio=0.9),
         "batch500": bench.Row("batch500", 500, events=events.get("batch500", 300_000), rss_mb=200),
         "workers": bench.Row("workers", rps=1200, rss_mb=300),
         "bridge500": bench.Row("bridge500", 500, events=events.get("bridge500", math.nan), rss_mb=900),
@@ -110,6 +110,14 @@ def test_targets_are_judged_on_the_figures() -> None:
     lines = bench.targets(rows(bridge500=100_000))
     assert [line.split()[0] for line in lines] == ["PASS", "PASS", "PASS", "PASS", "PASS", "FAIL"]
     assert "300 MB" in lines[-1]  # the bridge's memory is not the gateway's
+
+
+def test_single_events_are_judged_on_the_median_of_paired_runs() -> None:
+    runs = iter([1000.0, 800.0, 1500.0, 1200.0, 900.0, 870.0])  # bare, gateway, in turn
+    bare, single = bench.paired(lambda: bench.Row("bare", rps=next(runs)), lambda: bench.Row("single", rps=next(runs)))
+    # Ratios 0.8, 0.8, 0.967: their median; each row the median of its own runs.
+    assert (bare.rps, single.rps, single.ratio) == (1000.0, 870.0, 0.8)
+    assert bench.targets(rows() | {"single": single})[2].startswith("FAIL")
 
 
 def test_a_missing_bridge_figure_fails_its_target() -> None:

@@ -15,7 +15,12 @@ NDJSON = "application/x-ndjson"
 
 def media_type(request: Request, accepted: Collection[str]) -> str:
     """The request's media type, or 415 when it is not one of ``accepted``."""
-    value = (request.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    return check_media_type(request.headers.get("Content-Type"), accepted)
+
+
+def check_media_type(content_type: str | None, accepted: Collection[str]) -> str:
+    """The media type of a ``Content-Type`` value, or 415 when it is not one of ``accepted``."""
+    value = (content_type or "").split(";", 1)[0].strip().lower()
     if value not in accepted:
         raise HTTPError(
             415,
@@ -27,7 +32,15 @@ def media_type(request: Request, accepted: Collection[str]) -> str:
 
 async def read_body(request: Request, *, max_bytes: int, max_decompressed_bytes: int) -> bytes:
     """The body, decompressed when ``Content-Encoding: gzip``; 413 past either limit."""
-    length = request.content_length
+    check_length(request.content_length, max_bytes)
+    body = await request.get_data(cache=False, as_text=False)
+    assert isinstance(body, bytes)
+    g.body_read = True
+    return decode_content(body, request.headers.get("Content-Encoding"), max_bytes, max_decompressed_bytes)
+
+
+def check_length(length: int | None, max_bytes: int) -> None:
+    """413 for a declared ``Content-Length`` over the limit, before any of the body is read."""
     if length is not None and length > max_bytes:
         # Refused unread: the connection cannot be reused for another request.
         raise HTTPError(
@@ -36,12 +49,13 @@ async def read_body(request: Request, *, max_bytes: int, max_decompressed_bytes:
             f"the body has {length} bytes, the limit is {max_bytes}",
             headers={"Connection": "close"},
         )
-    body = await request.get_data(cache=False, as_text=False)
-    assert isinstance(body, bytes)
-    g.body_read = True
+
+
+def decode_content(body: bytes, content_encoding: str | None, max_bytes: int, max_decompressed_bytes: int) -> bytes:
+    """A body as read, decompressed when its ``Content-Encoding`` is gzip; 413 past either limit."""
     if len(body) > max_bytes:
         raise HTTPError(413, "payload too large", f"the body has more than {max_bytes} bytes")
-    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding != "gzip":

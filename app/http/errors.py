@@ -25,8 +25,12 @@ def json_response(payload: Any, status: int, headers: dict[str, str] | None = No
     return Response(msgspec.json.encode(payload), status=status, headers=headers, content_type="application/json")
 
 
-def error_response(error: HTTPError) -> Response:
+def error_payload(error: HTTPError) -> dict[str, Any]:
     payload: dict[str, Any] = {"error": error.error}
     if error.detail is not None:
         payload["detail"] = error.detail
-    return json_response(payload, error.status, error.headers)
+    return payload
+
+
+def error_response(error: HTTPError) -> Response:
+    return json_response(error_payload(error), error.status, error.headers)

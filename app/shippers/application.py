@@ -194,7 +194,7 @@ class ApplicationShipper:
 
     async def post_python_log(self) -> Response:
         """One HTTPHandler record: answered like ``POST /api/v1/logs``."""
-        key = self._admission.authenticate()
+        key = self._admission.authenticate(request.headers.get("Authorization"))
         media_type(request, {FORM})
         body = await read_body(
             request,

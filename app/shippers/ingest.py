@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from app import events
 from app.admission import Admission
+from app.auth import ApiKey
 from app.config import Settings
-from app.http.body import JSON, NDJSON, media_type, read_body
+from app.http.body import JSON, NDJSON, check_media_type, read_body
 from app.http.errors import HTTPError, json_response
+from app.http.fastlane import add_fast_routes
 from app.kafka.producer import Record
 from app.observability.metrics import Metrics
 from app.observability.tracing import TraceContext, request_context
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+SINGLE_TYPES: Final = frozenset({JSON})
+BATCH_TYPES: Final = frozenset({JSON, NDJSON})
+
 
 def request_trace() -> TraceContext:
     """The request's trace context and request id (made once per request; the listener may have made it)."""
@@ -36,6 +41,12 @@ def request_trace() -> TraceContext:
             request.headers.get("traceparent"), request.headers.get("tracestate"), request.headers.get("X-Request-ID")
         )
     return trace
+
+
+def request_span() -> RequestSpan | None:
+    """The current Quart request's span: set only when tracing is on."""
+    span: RequestSpan | None = g.get("span")
+    return span
 
 
 def decode_or_raise(decode: Callable[[], T]) -> T:
@@ -93,17 +104,26 @@ class Submitter:
         self._max_event_bytes = max_event_bytes
 
     def submit(self, records: list[Record], event_ids: list[str], trace: TraceContext, *, single: bool) -> Response:
-        self.send(records)
-        headers = {"traceparent": trace.traceparent}
-        if single:
-            return json_response({"status": "accepted", "eventId": event_ids[0]}, 202, headers)
-        return json_response({"status": "accepted", "count": len(event_ids), "eventIds": event_ids}, 202, headers)
+        """For a Quart route: the 202 answer once the records are taken."""
+        payload = self.accept(records, event_ids, request_span(), single=single)
+        return json_response(payload, 202, {"traceparent": trace.traceparent})
 
-    def send(self, records: list[Record]) -> None:
-        """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""
+    def accept(
+        self, records: list[Record], event_ids: list[str], span: RequestSpan | None, *, single: bool
+    ) -> dict[str, Any]:
+        """Take the records (or raise the refusal); the payload of the 202 answer."""
+        self.send(records, span)
+        if single:
+            return {"status": "accepted", "eventId": event_ids[0]}
+        return {"status": "accepted", "count": len(event_ids), "eventIds": event_ids}
+
+    def send(self, records: list[Record], span: RequestSpan | None) -> None:
+        """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken.
+
+        ``span``: the request's span, only when tracing is on.
+        """
         check_event_sizes(records, self._max_event_bytes)
         size = sum(record.size for record in records)
-        span: RequestSpan | None = g.get("span")  # set only when tracing is on
         outcome = self.profile.submit(records, size) if span is None else span.submit(self.profile, records, size)
         if outcome is Outcome.FULL:
             raise HTTPError(
@@ -153,35 +173,63 @@ class EventRoutes(Generic[E]):
     def register(self, app: QuartTrio, route: str, batch_route: str) -> None:
         app.add_url_rule(route, f"post_{self._kind.name}", self.post_one, methods=["POST"])
         app.add_url_rule(batch_route, f"post_{self._kind.name}_batch", self.post_batch, methods=["POST"])
+        add_fast_routes(app, {route: _FastEventRoute(self, False), batch_route: _FastEventRoute(self, True)})
 
-    async def _body(self) -> bytes:
-        return await read_body(
+    # -- the routes' work, free of any framework (Quart routes and the fast lane share it) --------
+
+    def check(self, authorization: str | None, content_type: str | None, *, batch: bool) -> tuple[ApiKey | None, str]:
+        """What the headers alone decide (401, 415), before the body is read."""
+        key = self._admission.authenticate(authorization)
+        return key, check_media_type(content_type, BATCH_TYPES if batch else SINGLE_TYPES)
+
+    def take(
+        self, checked: tuple[ApiKey | None, str], body: bytes, trace: TraceContext, span: RequestSpan | None,
+        *, batch: bool,
+    ) -> dict[str, Any]:
+        """Admit, decode and submit a request's body; the payload of its 202 answer."""
+        key, kind = checked
+        if batch:
+            limit = self._settings.max_batch_events
+            decode = self._kind.decode_ndjson if kind == NDJSON else self._kind.decode_batch
+            decoded = decode_or_raise(lambda: decode(body, limit))
+            self._admission.admit(key, len(decoded))
+        else:
+            # One event: refused before decoding. (After reading the body: an unread body would
+            # cost the client its keep-alive connection.)
+            self._admission.admit(key, 1)
+            decoded = [decode_or_raise(lambda: self._kind.decode_one(body))]
+        records, event_ids = self._kind.records(decoded, trace)
+        return self._submitter.accept(records, event_ids, span, single=not batch)
+
+    # -- Quart routes -----------------------------------------------------------------------------
+
+    async def post_one(self) -> Response:
+        return await self._post(batch=False)
+
+    async def post_batch(self) -> Response:
+        return await self._post(batch=True)
+
+    async def _post(self, *, batch: bool) -> Response:
+        checked = self.check(request.headers.get("Authorization"), request.headers.get("Content-Type"), batch=batch)
+        body = await read_body(
             request,
             max_bytes=self._settings.max_request_bytes,
             max_decompressed_bytes=self._settings.max_decompressed_bytes,
         )
-
-    async def post_one(self) -> Response:
-        key = self._admission.authenticate()
-        media_type(request, {JSON})
-        body = await self._body()
-        # One event: refused before decoding. (After reading the body: an unread body would
-        # cost the client its keep-alive connection.)
-        self._admission.admit(key, 1)
-        event = decode_or_raise(lambda: self._kind.decode_one(body))
-        return self._submit([event], single=True)
-
-    async def post_batch(self) -> Response:
-        key = self._admission.authenticate()
-        kind = media_type(request, {JSON, NDJSON})
-        body = await self._body()
-        limit = self._settings.max_batch_events
-        decode = self._kind.decode_ndjson if kind == NDJSON else self._kind.decode_batch
-        batch = decode_or_raise(lambda: decode(body, limit))
-        self._admission.admit(key, len(batch))
-        return self._submit(batch, single=False)
-
-    def _submit(self, batch: list[E], *, single: bool) -> Response:
         trace = request_trace()
-        records, event_ids = self._kind.records(batch, trace)
-        return self._submitter.submit(records, event_ids, trace, single=single)
+        payload = self.take(checked, body, trace, request_span(), batch=batch)
+        return json_response(payload, 202, {"traceparent": trace.traceparent})
+
+
+@dataclass(frozen=True, slots=True)
+class _FastEventRoute:
+    """One of an EventRoutes' routes, as the fast lane calls it (tracing is off there)."""
+
+    routes: EventRoutes[Any]
+    batch: bool
+
+    def check(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str]:
+        return self.routes.check(headers.get("authorization"), headers.get("content-type"), batch=self.batch)
+
+    def take(self, checked: tuple[ApiKey | None, str], body: bytes, trace: TraceContext) -> dict[str, Any]:
+        return self.routes.take(checked, body, trace, None, batch=self.batch)

@@ -23,7 +23,7 @@ from app.http.body import media_type, read_body
 from app.http.errors import HTTPError
 from app.kafka.producer import Record
 from app.observability.tracing import TraceContext
-from app.shippers.ingest import Submitter, request_trace
+from app.shippers.ingest import Submitter, request_span, request_trace
 
 MEDIA_TYPES = (otlp.PROTOBUF, otlp.JSON)
 
@@ -54,7 +54,7 @@ class OTLPRoute:
         # A refusal is answered in the request's encoding; JSON when that is not one of OTLP's.
         answer_type = otlp.PROTOBUF if requested == otlp.PROTOBUF else otlp.JSON
         try:
-            key = self._admission.authenticate()
+            key = self._admission.authenticate(request.headers.get("Authorization"))
             kind = media_type(request, MEDIA_TYPES)
             body = await read_body(
                 request,
@@ -70,7 +70,7 @@ class OTLPRoute:
             trace = request_trace()
             if prepared.events:
                 self._admission.admit(key, prepared.events)
-                self._submitter.send(prepared.records(trace))
+                self._submitter.send(prepared.records(trace), request_span())
         except HTTPError as error:
             return _status_response(error.status, _describe(error), answer_type, error.headers)
         except HTTPException as error:

@@ -103,7 +103,7 @@ class TransactionShipper:
         )
 
     async def post_transaction(self) -> Response:
-        api_key = self._admission.authenticate()
+        api_key = self._admission.authenticate(request.headers.get("Authorization"))
         writer = self._writer_or_503()
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -116,7 +116,7 @@ class TransactionShipper:
         return self._answer(trace, [accepted], single=True)
 
     async def post_transaction_batch(self) -> Response:
-        api_key = self._admission.authenticate()
+        api_key = self._admission.authenticate(request.headers.get("Authorization"))
         writer = self._writer_or_503()
         body = await self._body()
         limit = self._settings.max_batch_events
@@ -129,7 +129,7 @@ class TransactionShipper:
         return self._answer(trace, accepted, single=False)
 
     async def get_transaction(self, event_id: str) -> Response:
-        self._admission.authenticate()
+        self._admission.authenticate(request.headers.get("Authorization"))
         writer = self._writer_or_503()
         try:
             parsed = uuid.UUID(event_id)
