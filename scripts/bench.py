@@ -60,6 +60,7 @@ from app.config import load_settings  # noqa: E402
 from app.runtime import profile_producer_config  # noqa: E402
 from scripts.bench_otlp import otlp_body  # noqa: E402
 from scripts.bench_support import ROOT, free_port, gateway_process, hey, infra_up, require_hey  # noqa: E402
+from scripts.httpload import open_loop, request_bytes  # noqa: E402
 
 BRIDGE_VERSION = "0.33.1"
 BRIDGE_POM = ROOT / "ops" / "kafka-bridge" / "pom.xml"
@@ -465,6 +466,7 @@ def gateway_rows(
         "single": compact(events[0]),
         "batch100": compact({"logs": events[:100]}),
         "batch500": compact({"logs": events[:500]}),
+        "tx1": compact({"userId": "user-1", "type": "PAYMENT", "amount": "99.99", "currency": "USD"}),
         "tx100": compact({"transactions": [
             {"userId": f"user-{i}", "type": "PAYMENT", "amount": "99.99", "currency": "USD"} for i in range(100)
         ]}),
@@ -497,11 +499,19 @@ def gateway_rows(
                 return drive(name, url(listener, path), files[body], per_request, connections, seconds, sampler,
                              content_type=content_type, accepted=accepted, metrics_url=url(listener, "/metrics"))
 
+            def half(name: str, listener: str, path: str, body: str, maximum: Row) -> Row:
+                return open_loop_row(name, ports[listener], path, bodies[body], maximum.rps / 2, seconds)
+
             bare_row, single = paired(
                 bare, lambda: step("gateway, single, 8081", "application", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS)
             )
+            tx1 = step("gateway, single transaction, 8083", "transaction", "/api/v1/transactions", "tx1", 1, SINGLE_CONNECTIONS)
             rows += [
                 single,
+                half("gateway, single, 8081, open loop at half its maximum", "application", "/api/v1/logs", "single", single),
+                tx1,
+                half("gateway, single transaction, open loop at half its maximum", "transaction", "/api/v1/transactions",
+                     "tx1", tx1),
                 step("gateway, single, through 8080", "gateway", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS),
                 step("gateway, log batch of 100, 8081", "application", "/api/v1/logs/batch", "batch100", 100, BATCH_CONNECTIONS),
                 step("gateway, log batch of 500, 8081", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS),
@@ -519,6 +529,20 @@ def gateway_rows(
         workers = drive("gateway --workers 2, single, 8081", f"http://127.0.0.1:{ports['application']}/api/v1/logs",
                         files["single"], 1, SINGLE_CONNECTIONS, seconds, RssSampler(process.pid))
     return bare_row, rows, workers
+
+
+def open_loop_row(name: str, port: int, path: str, body: bytes, rate: float, seconds: float) -> Row:
+    """Requests on a fixed schedule (scripts/httpload.py), latency from the scheduled time: a slow
+    answer cannot hide the ones it delays (no coordinated omission)."""
+    print(f"  {name} ...", file=sys.stderr, flush=True)
+    request = request_bytes(f"127.0.0.1:{port}", path, body)
+    answers = trio.run(open_loop, "127.0.0.1", port, request, rate, seconds)
+    accepted = sorted(answer.latency for answer in answers if answer.status == 202)
+    p99 = accepted[min(len(accepted) - 1, int(len(accepted) * 0.99))] * 1000 if accepted else math.nan
+    return Row(
+        name, 1, len(answers) / seconds, len(accepted) / seconds, p99, len(answers) - len(accepted),
+        note=f"{rate:,.0f} requests/s offered",
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -549,6 +573,9 @@ def targets(rows: dict[str, Row]) -> list[str]:
         )
     else:
         lines.append("FAIL  log batch of 500 >= the bridge's 500-record batches (no bridge figure)")
+    for key, what, limit in (("single_half", "single events", 15), ("tx1_half", "single transactions", 50)):
+        p99 = rows[key].p99 if key in rows else math.nan
+        lines.append(f"{verdict(p99 < limit)}  {what} at half their maximum, open loop: p99 < {limit} ms ({p99:.1f} ms)")
     lines.append(f"{verdict(gateway_rss < 256)}  gateway peak RSS < 256 MB ({gateway_rss:.0f} MB, largest process)")
     return lines
 
@@ -606,7 +633,8 @@ def main() -> int:
                                  SINGLE_CONNECTIONS, args.seconds, RssSampler(process.pid))
 
                 rows["bare"], gateway, workers = gateway_rows(services, prefix, tmp, events, args.seconds, bare)
-            keys = ("single", "single8080", "batch100", "batch500", "otlp500", "tx100", "metrics100")
+            keys = ("single", "single_half", "tx1", "tx1_half", "single8080", "batch100", "batch500", "otlp500", "tx100",
+                    "metrics100")
             assert len(keys) == len(gateway), "one key per gateway row"
             for key, row in zip(keys, gateway):
                 rows[key] = row
@@ -619,8 +647,9 @@ def main() -> int:
     finally:
         delete_topics(admin, prefix)
 
-    bare, raw = rows["bare"].rps, rows["raw"].events
-    rows["single8080"].ratio, rows["single8080"].against = rows["single8080"].rps / bare, "bare hypercorn (median)"
+    raw = rows["raw"].events
+    rows["single8080"].ratio = rows["single8080"].rps / rows["bare"].rps
+    rows["single8080"].against = "bare hypercorn (median)"
     for key in ("batch100", "batch500", "otlp500", "tx100", "metrics100"):
         rows[key].ratio, rows[key].against = rows[key].events / raw, "raw producer"
     rows["workers"].ratio, rows["workers"].against = rows["workers"].rps / rows["single"].rps, "one process, 8081"
@@ -628,7 +657,7 @@ def main() -> int:
         rows["bridge1"].ratio, rows["bridge1"].against = rows["single"].rps / rows["bridge1"].rps, "gateway single / this"
         rows["bridge500"].ratio, rows["bridge500"].against = rows["batch500"].events / rows["bridge500"].events, "gateway batch-500 / this"
     order = [
-        "raw", "bare", "single", "single8080", "batch100", "batch500", "otlp500", "tx100", "metrics100", "workers",
+        "raw", "bare", "single", "single_half", "tx1", "tx1_half", "single8080", "batch100", "batch500", "otlp500", "tx100", "metrics100", "workers",
         "bridge1", "bridge500",
     ]
     print_table([rows[key] for key in order if key in rows] + codec)
