@@ -34,7 +34,7 @@ from app.db.database import Database
 from app.gateway.app import Shipper, route_in_process, route_remote
 from app.gateway.upstream import Upstream
 from app.http.fastlane import FAST_ROUTES_KEY, FastLane
-from app.http.listener import ReadyCheck, create_listener_app
+from app.http.listener import ReadyCheck, create_listener_app, watch_readiness
 from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
 from app.kafka.producer import KafkaProducer, producer_config
@@ -373,6 +373,7 @@ async def run(
                 )
                 await background.start(collector.run)
             apps = build_apps(settings, metrics, profiles, outbox, upstreams, api_keys, tracing)
+            await background.start(watch_readiness, {name: app for name, (app, _) in apps.items()}, metrics)
             async with trio.open_nursery() as listeners:
                 addresses: dict[str, list[str]] = {}
                 for name in LISTENERS:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -28,6 +29,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[str | None]]
+
+
+READY_CHECKS_KEY = "GATEWAY_READY_CHECKS"
+# How often the readiness gauge is evaluated when nobody asks /ready.
+READY_WATCH_INTERVAL = 5.0
+
+
+async def readiness(name: str, checks: Sequence[ReadyCheck], metrics: Metrics) -> list[str]:
+    """Why the listener is not ready (nothing when it is); sets its ``gateway_ready`` gauge."""
+    reasons: list[str] = []
+    for check in checks:
+        reason = await check()
+        if reason is not None:
+            reasons.append(reason)
+    metrics.ready.labels(name).set(0 if reasons else 1)
+    return reasons
+
+
+async def watch_readiness(
+    apps: Mapping[str, QuartTrio], metrics: Metrics, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Evaluate every listener's readiness every READY_WATCH_INTERVAL, so that ``gateway_ready``
+    (and the GatewayNotReady alert) is true without a load balancer asking ``/ready``."""
+    task_status.started()
+    while True:
+        for name, app in apps.items():
+            try:
+                await readiness(name, app.config[READY_CHECKS_KEY], metrics)
+            except Exception:  # a check that breaks must not stop the process; /ready would answer 500
+                log.exception("readiness of %s could not be evaluated", name)
+                metrics.ready.labels(name).set(0)
+        await trio.sleep(READY_WATCH_INTERVAL)
 
 
 def create_listener_app(
@@ -111,14 +144,11 @@ def create_listener_app(
     async def health() -> Response:
         return json_response({"status": "alive", "listener": name, "pid": os.getpid()}, 200)
 
+    app.config[READY_CHECKS_KEY] = tuple(ready_checks)
+
     @app.get("/ready")
     async def ready() -> Response:
-        reasons: list[str] = []
-        for check in ready_checks:
-            reason = await check()
-            if reason is not None:
-                reasons.append(reason)
-        metrics.ready.labels(name).set(0 if reasons else 1)
+        reasons = await readiness(name, ready_checks, metrics)
         if reasons:
             return json_response({"status": "unavailable", "listener": name, "reasons": reasons}, 503)
         return json_response({"status": "ready", "listener": name}, 200)
