@@ -108,8 +108,7 @@ class FastLane:
         for name, value in extra.items():
             response.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         if trace is not None:
-            if status == 202:
-                response.append((b"traceparent", trace.traceparent.encode()))
+            response.append((b"traceparent", trace.traceparent.encode()))
             request_id = trace.request_id
         else:
             request_id = valid_request_id(headers.get("x-request-id"))

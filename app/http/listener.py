@@ -97,6 +97,9 @@ def create_listener_app(
         if started is not None:
             metrics.http_duration.labels(name, route).observe(time.perf_counter() - started)
         trace: TraceContext | None = g.get("trace")
+        if trace is not None and "traceparent" not in response.headers:
+            # A refusal after the request's trace began names it too: the caller can find its log lines.
+            response.headers["traceparent"] = trace.traceparent
         request_id = trace.request_id if trace is not None else valid_request_id(request.headers.get("X-Request-ID"))
         # A remote shipper's answer already names the id its records carry.
         if request_id and "X-Request-ID" not in response.headers:

@@ -109,8 +109,12 @@ async def test_every_bad_input_is_refused_and_produces_nothing(gateway: Runtime,
             assert response.status_code == status, (path, status, response.text[:300])
             error = response.json()
             assert isinstance(error["error"], str) and "detail" in error, error
-        batch_error = (await client.post("/api/v1/logs/batch", json={"logs": [good, {"level": "x"}, good, {}]})).json()
-        assert [d["index"] for d in batch_error["detail"]] == [1, 3]
+        refused = await client.post(
+            "/api/v1/logs/batch", json={"logs": [good, {"level": "x"}, good, {}]}, headers={"traceparent": TRACEPARENT}
+        )
+        assert [d["index"] for d in refused.json()["detail"]] == [1, 3]
+        # The refusal continues the caller's trace, as an answer that took the events would.
+        assert refused.headers["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
         assert (await client.get("/api/v1/logs")).status_code == 405
         assert (await client.post("/api/v1/nothing", json=good)).json()["error"] == "not found"
         sentinel = await client.post("/api/v1/logs", json={**good, "message": "sentinel"})
