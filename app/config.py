@@ -68,7 +68,6 @@ def _transaction_profile() -> ProfileSettings:
         retries=2_147_483_647,
         rate_limit=10_000.0,
         buffer_events=20_000,
-        buffer_bytes=16 * MIB,
     )
 
 
@@ -133,6 +132,7 @@ class Settings:
     outbox_max_pending: int = 1_000_000
     outbox_group_events: int = 1000
     outbox_queue: int = 10_000
+    outbox_queue_bytes: int = 64 * MIB
     outbox_write_timeout: float = 5 * SECONDS
     outbox_relay_batch: int = 1000
     outbox_poll_interval: float = 0.5 * SECONDS

@@ -156,6 +156,7 @@ def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
         metrics,
         max_group_events=settings.outbox_group_events,
         max_queue=settings.outbox_queue,
+        max_queue_bytes=settings.outbox_queue_bytes,
         max_pending=settings.outbox_max_pending,
         write_timeout=settings.outbox_write_timeout,
         on_commit=wake_relay,

@@ -31,6 +31,7 @@ class OutboxUnavailable(Exception):
 @dataclass(slots=True)
 class _Request:
     entries: Sequence[store.OutboxEntry]
+    size: int  # bytes of keys and payloads, counted against the queue's byte bound
     done: trio.Event = field(default_factory=trio.Event)
     result: store.RequestResult | BaseException | None = None
 
@@ -43,6 +44,7 @@ class OutboxWriter:
         *,
         max_group_events: int,
         max_queue: int,
+        max_queue_bytes: int,
         max_pending: int,
         write_timeout: float,
         on_commit: Callable[[], None],
@@ -54,6 +56,8 @@ class OutboxWriter:
         self._write_timeout = write_timeout
         self._on_commit = on_commit
         self._send, self._receive = trio.open_memory_channel[_Request](max_queue)
+        self._max_queue_bytes = max_queue_bytes
+        self.queued_bytes = 0
         self._limiter = trio.CapacityLimiter(1)
         self._conn: Any = None
         self._reader: Any = None
@@ -65,11 +69,14 @@ class OutboxWriter:
         """Commit ``entries`` (all or none); raises OutboxUnavailable or IdempotencyConflict."""
         if self.pending_estimate + len(entries) > self._max_pending:
             raise OutboxUnavailable(f"the outbox backlog is over its limit of {self._max_pending} events")
-        request = _Request(entries)
+        request = _Request(entries, sum(len(entry.key) + len(entry.payload) for entry in entries))
+        if self.queued_bytes + request.size > self._max_queue_bytes:
+            raise OutboxUnavailable(f"the outbox write queue is full ({self._max_queue_bytes} bytes)")
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:
             raise OutboxUnavailable("the outbox write queue is full") from None
+        self.queued_bytes += request.size
         with trio.move_on_after(self._write_timeout):
             await request.done.wait()
         result = request.result
@@ -93,6 +100,7 @@ class OutboxWriter:
                             break
                         group.append(request)
                         events += len(request.entries)
+                    self.queued_bytes -= sum(request.size for request in group)
                     await self._commit(group, events)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
