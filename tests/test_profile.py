@@ -30,7 +30,7 @@ class FakeProducer:
         self.statistics: str | None = None  # librdkafka's statistics, as KafkaProducer keeps them
 
     def produce(
-        self, topic: str, records: Sequence[Record], start: int = 0
+        self, topic: str, records: Sequence[Record], start: int = 0, *, waited: float = 0.0
     ) -> tuple[int, list[Failure]]:
         with self.lock:
             for index in range(start, len(records)):

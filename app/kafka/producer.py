@@ -40,8 +40,10 @@ class Record:
     headers: Headers
     # Only while tracing: the submission whose ``deliver`` span this record's fate counts towards.
     settlement: Settlement | None = None
-    # Set by the producer that takes the record: where its delivery report goes.
+    # Set by the producer that takes the record: where its delivery report goes, and how long the
+    # record waited in the profile's buffer before (added to librdkafka's own latency).
     report: Callable[[tuple[Record, Any, Any]], None] | None = field(default=None, repr=False, compare=False)
+    waited: float = field(default=0.0, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -68,6 +70,7 @@ class Deliveries:
     """What librdkafka reported since the previous poll, as plain data."""
 
     delivered: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Seconds from acceptance into the profile's buffer to the delivery report, by topic.
     latencies: dict[str, list[float]] = field(default_factory=dict)
     delivered_bytes: int = 0
     failures: list[Failure] = field(default_factory=list)
@@ -139,11 +142,14 @@ class KafkaProducer:
         # Runs inside poll(), in the poll thread: keep the string, nothing more.
         self.statistics = statistics
 
-    def produce(self, topic: str, records: Sequence[Record], start: int = 0) -> tuple[int, list[Failure]]:
+    def produce(
+        self, topic: str, records: Sequence[Record], start: int = 0, *, waited: float = 0.0
+    ) -> tuple[int, list[Failure]]:
         """Hand ``records[start:]`` to librdkafka without blocking.
 
         Returns the index reached (less than ``len(records)`` when librdkafka's queue is
         full: back off, poll, and call again from there) and the records it refused outright.
+        ``waited``: how long the records were buffered before; it counts in their reported latency.
         """
         produce = self._producer.produce
         report = self._reports.append
@@ -152,6 +158,7 @@ class KafkaProducer:
         for index in range(start, len(records)):
             record = records[index]
             record.report = report
+            record.waited = waited
             try:
                 produce(topic, record.value, record.key, headers=record.headers, on_delivery=record)  # type: ignore[arg-type]
             except BufferError:
@@ -205,6 +212,7 @@ class KafkaProducer:
                 delivered_bytes += len(record.key) + len(record.value)
                 latency = msg.latency()
                 if latency is not None:
+                    latency += record.waited
                     if topic in latencies:
                         latencies[topic].append(latency)
                     else:

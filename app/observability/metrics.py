@@ -33,7 +33,8 @@ class Metrics:
         )
         # Observed once per delivered event, in batches of delivery reports.
         self.send_duration = BatchHistogram(
-            "kafka_producer_send_duration_seconds", "From hand-over to the producer to Kafka's acknowledgement.",
+            "kafka_producer_send_duration_seconds",
+            "From acceptance into the profile's buffer to Kafka's acknowledgement (its delivery report).",
             ["service", "topic"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.throttled = Counter(
