@@ -68,8 +68,8 @@ def records_of(rows: list[store.PendingRow]) -> list[OutgoingRecord]:
 async def run_relay_until_published(settings: Settings, conn: psycopg.Connection[object]) -> Metrics:
     metrics = Metrics()
     writer = OutboxWriter(
-        settings.database_url, metrics, max_group_events=100, max_queue=10, max_pending=1000,
-        write_timeout=5, on_commit=lambda: None,
+        settings.database_url, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
+        max_pending=1000, write_timeout=5, on_commit=lambda: None,
     )
     relay = Relay(
         settings.database_url, profile_producer_config(settings, "transaction"), writer, metrics,
