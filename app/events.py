@@ -57,7 +57,7 @@ class LogIn(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"level must be one of {', '.join(sorted(LEVELS))}")
             self.level = level
         if self.timestamp is not None and self.timestamp.tzinfo is None:
-            self.timestamp = self.timestamp.replace(tzinfo=dt.timezone.utc)
+            self.timestamp = as_utc(self.timestamp)
 
 
 class LogBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -197,9 +197,9 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def format_timestamp(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.isoformat().replace("+00:00", "Z")
+    utc = as_utc(value)
+    assert utc is not None
+    return utc.isoformat().replace("+00:00", "Z")
 
 
 # -- transactions ------------------------------------------------------------------------

@@ -114,7 +114,7 @@ class FastLane:
             request_id = valid_request_id(headers.get("x-request-id"))
         if request_id:
             response.append((b"x-request-id", request_id.encode("latin-1")))
-        has_body = bool(headers.get("content-length", "0") != "0" or "transfer-encoding" in headers)
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
         if has_body and not body_read and "Connection" not in extra:
             # Answered without reading the body: the next request would sit behind its bytes.
             response.append(_CLOSE)

@@ -64,7 +64,10 @@ def ref(name: str) -> dict[str, str]:
 @cache
 def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        (events.LogBatch, events.MetricBatch, TransactionBatch, events.TransactionIn, Accepted, BatchAccepted, ErrorAnswer, TransactionStatus),
+        (
+            events.LogBatch, events.MetricBatch, TransactionBatch, events.TransactionIn, Accepted, BatchAccepted,
+            ErrorAnswer, TransactionStatus,
+        ),
         ref_template="#/components/schemas/{name}",
     )
     level = components["LogIn"]["properties"]["level"]
