@@ -55,6 +55,12 @@ def add_fast_routes(app: QuartTrio, routes: Mapping[str, FastRoute]) -> None:
     app.config.setdefault(FAST_ROUTES_KEY, {}).update(routes)
 
 
+def _queued(receive: Receive) -> Callable[[], MutableMapping[str, Any]] | None:
+    """``receive_nowait`` when ``receive`` is a trio memory channel's (hypercorn-trio's is), else None."""
+    channel = getattr(receive, "__self__", None)
+    return channel.receive_nowait if isinstance(channel, trio.MemoryReceiveChannel) else None
+
+
 class _ClientGone(Exception):
     """The client disconnected before its body was read: nothing to answer."""
 
@@ -73,6 +79,7 @@ class FastLane:
         self._body_timeout = float(app.config["BODY_TIMEOUT"])
         self._requests = metrics.http_requests
         self._duration = metrics.http_duration
+        self._metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -120,29 +127,51 @@ class FastLane:
             response.append(_CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": response})
         await send({"type": "http.response.body", "body": answer})
-        self._requests.labels(self._name, path, str(status)).inc()
-        self._duration.labels(self._name, path).observe(time.perf_counter() - started)
+        count, duration = self._children(path, status)
+        count.inc()
+        duration.observe(time.perf_counter() - started)
+
+    def _children(self, path: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of a path and status (a labels lookup is not free)."""
+        children = self._metric_children.get((path, status))
+        if children is None:
+            children = self._metric_children[(path, status)] = (
+                self._requests.labels(self._name, path, str(status)),
+                self._duration.labels(self._name, path),
+            )
+        return children
 
     async def _read(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
-        size = 0
+        # What the server has queued already is taken at once: most bodies arrive with their
+        # headers, and a cancel scope per request cost more than the rest of this read.
+        queued = _queued(receive)
+        if queued is not None:
+            while True:
+                try:
+                    message = queued()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if self._last(message, chunks):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         with trio.move_on_after(self._body_timeout) as waited:
             while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self._max_bytes:
-                    raise HTTPError(
-                        413, "payload too large", f"the body has more than {self._max_bytes} bytes",
-                        headers={"Connection": "close"},
-                    )
-                chunks.append(chunk)
-                if not message.get("more_body", False):
+                if self._last(await receive(), chunks):
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         assert waited.cancelled_caught
         raise HTTPError(
             408, "request timeout", f"the body did not arrive within {self._body_timeout:.0f} s",
             headers={"Connection": "close"},
         )
+
+    def _last(self, message: MutableMapping[str, Any], chunks: list[bytes]) -> bool:
+        """Take one ASGI receive message into ``chunks``; whether it ends the body."""
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunks.append(message.get("body", b""))
+        if sum(map(len, chunks)) > self._max_bytes:
+            raise HTTPError(
+                413, "payload too large", f"the body has more than {self._max_bytes} bytes",
+                headers={"Connection": "close"},
+            )
+        return not message.get("more_body", False)

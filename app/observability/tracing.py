@@ -10,12 +10,12 @@ UUID; it is echoed in the response and written to Kafka as the ``x-request-id`` 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Final
+
+from app.ids import new_uuids
 
 _TRACEPARENT: Final = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _INVALID_TRACE_ID: Final = "0" * 32
@@ -58,11 +58,10 @@ def valid_request_id(value: str | None) -> str | None:
 
 def request_context(traceparent: str | None, tracestate: str | None, request_id: str | None) -> TraceContext:
     """The context of a request: its trace (continued or new) and its request id (given or new)."""
-    trace = continue_trace(traceparent, tracestate)
-    return dataclasses.replace(trace, request_id=valid_request_id(request_id) or str(uuid.uuid4()))
+    return continue_trace(traceparent, tracestate, valid_request_id(request_id) or new_uuids(1)[0])
 
 
-def continue_trace(traceparent: str | None, tracestate: str | None = None) -> TraceContext:
+def continue_trace(traceparent: str | None, tracestate: str | None = None, request_id: str | None = None) -> TraceContext:
     """The context of this hop: the caller's trace when its header is valid, else a new one."""
     if traceparent:
         match = _TRACEPARENT.match(traceparent.strip().lower())
@@ -75,5 +74,5 @@ def continue_trace(traceparent: str | None, tracestate: str | None = None) -> Tr
                 and span_id != _INVALID_SPAN_ID
             )
             if valid:
-                return TraceContext(trace_id, _new_span_id(), flags, tracestate or None, span_id)
-    return TraceContext(os.urandom(16).hex(), _new_span_id(), "01")
+                return TraceContext(trace_id, _new_span_id(), flags, tracestate or None, span_id, request_id)
+    return TraceContext(os.urandom(16).hex(), _new_span_id(), "01", None, None, request_id)

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.http import openapi
 from app.http.body import media_type, read_body
 from app.http.errors import HTTPError
+from app.ids import new_uuids
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
 from app.shippers.ingest import (
@@ -28,7 +29,6 @@ from app.shippers.ingest import (
     EventRoutes,
     Submitter,
     decode_or_raise,
-    new_event_ids,
     received_at,
     request_trace,
 )
@@ -52,7 +52,7 @@ def log_records(
     """
     now = received_at()
     trace_headers = trace.kafka_headers()
-    event_ids = new_event_ids(len(logs))
+    event_ids = new_uuids(len(logs))
     records: list[Record] = []
     append = records.append
     LogRecord, encode = events.LogRecord, _encode

@@ -20,7 +20,8 @@ from app.config import Settings
 from app.http import openapi
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
-from app.shippers.ingest import EventKind, EventRoutes, Submitter, new_event_ids, received_at
+from app.ids import new_uuids
+from app.shippers.ingest import EventKind, EventRoutes, Submitter, received_at
 from app.shippers.otlp import OTLPRoute, Prepared, openapi_path
 
 METRICS_ROUTE = "/api/v1/metrics"
@@ -33,7 +34,7 @@ _encode = msgspec.json.Encoder().encode
 def metric_records(samples: list[events.MetricIn], trace_headers: Headers) -> tuple[list[Record], list[str]]:
     """Kafka records for validated samples: key = host, value = the sample as JSON."""
     now = received_at()
-    event_ids = new_event_ids(len(samples))
+    event_ids = new_uuids(len(samples))
     records: list[Record] = []
     append = records.append
     MetricRecord, encode = events.MetricRecord, _encode

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -19,6 +18,7 @@ from app.config import Settings
 from app.http.body import JSON, NDJSON, check_media_type, read_body
 from app.http.errors import HTTPError, json_response
 from app.http.fastlane import add_fast_routes
+from app.ids import new_uuids
 from app.kafka.producer import Record
 from app.observability.metrics import Metrics
 from app.observability.tracing import TraceContext, request_context
@@ -59,25 +59,6 @@ def decode_or_raise(decode: Callable[[], T]) -> T:
         raise HTTPError(413, "too many events", str(error)) from None
     except events.InvalidEvents as error:
         raise HTTPError(422, "invalid event", error.errors) from None
-
-
-_UUID_VERSION_4: Final = bytes(byte & 0x0F | 0x40 for byte in range(256))
-_UUID_VARIANT: Final = bytes(byte & 0x3F | 0x80 for byte in range(256))  # RFC 4122's
-
-
-def new_event_ids(count: int) -> list[str]:
-    """``count`` random (version 4) UUIDs as text, from one read of the OS's random source.
-
-    ``str(uuid.uuid4())`` per event cost more than decoding and encoding the event together.
-    """
-    raw = bytearray(os.urandom(16 * count))
-    raw[6::16] = raw[6::16].translate(_UUID_VERSION_4)
-    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
-    h = raw.hex()
-    return [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-        for i in range(0, 32 * count, 32)
-    ]
 
 
 def received_at() -> str:
