@@ -1,8 +1,8 @@
 """The one adapter around ``confluent_kafka.Producer``.
 
-librdkafka calls back from whichever thread runs ``poll``/``flush``. The callbacks here
-only append to a deque; :meth:`KafkaProducer.poll` (``poll(0)`` on the trio thread, which never
-waits) and :meth:`KafkaProducer.flush` (in a worker thread) turn what was appended into a plain
+librdkafka calls back from whichever thread runs ``poll``/``flush``. The callbacks here only
+add to plain per-topic tallies; :meth:`KafkaProducer.poll` (``poll(0)`` on the trio thread, which
+never waits) and :meth:`KafkaProducer.flush` (in a worker thread) turn them into a plain
 :class:`Deliveries` value that the trio side applies. No trio object is ever touched from a
 librdkafka thread.
 """
@@ -32,7 +32,9 @@ class Record:
 
     A record is its own delivery callback: confluent-kafka's delivery reports carry no headers
     (confluent-kafka-python #574), so the report must lead back to the record for a dead letter,
-    and passing the record itself costs no allocation per produce call (a ``partial`` did).
+    and passing the record itself costs no allocation per produce call (a ``partial`` did). The
+    callback adds the report to its topic's :class:`Tally` at once: a report queued for a later
+    pass cost as much again as the callback.
     """
 
     key: bytes
@@ -40,9 +42,9 @@ class Record:
     headers: Headers
     # Only while tracing: the submission whose ``deliver`` span this record's fate counts towards.
     settlement: Settlement | None = None
-    # Set by the producer that takes the record: where its delivery report goes, and how long the
-    # record waited in the profile's buffer before (added to librdkafka's own latency).
-    report: Callable[[tuple[Record, Any, Any]], None] | None = field(default=None, repr=False, compare=False)
+    # Set by the producer that takes the record: the tally its delivery report goes to, and how
+    # long the record waited in the profile's buffer before (added to librdkafka's own latency).
+    tally: Tally | None = field(default=None, repr=False, compare=False)
     waited: float = field(default=0.0, repr=False, compare=False)
 
     @property
@@ -50,8 +52,35 @@ class Record:
         return len(self.key) + len(self.value)
 
     def __call__(self, err: Any, msg: Any) -> None:
-        # Runs inside poll()/flush(): hand the report over, nothing more.
-        self.report((self, err, msg))  # type: ignore[misc]
+        # Runs inside poll()/flush(), in the thread that called it.
+        tally = self.tally
+        assert tally is not None, "produced by KafkaProducer.produce"
+        if err is None:
+            tally.delivered += 1
+            tally.delivered_bytes += len(self.key) + len(self.value)
+            latency = msg.latency()
+            if latency is not None:
+                tally.latencies.append(latency + self.waited)
+            if self.settlement is not None:
+                tally.traced.append(self.settlement)
+        else:
+            tally.failed.append((self, err))
+
+
+@dataclass(slots=True)
+class Tally:
+    """The delivery reports of one topic of one producer since the previous collect.
+
+    Filled by the records' callbacks inside ``poll``/``flush`` and emptied by the same call, so
+    never by two threads at once: a profile polls and flushes one at a time.
+    """
+
+    topic: str
+    delivered: int = 0
+    delivered_bytes: int = 0
+    latencies: list[float] = field(default_factory=list)
+    traced: list[Settlement] = field(default_factory=list)
+    failed: list[tuple[Record, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -122,7 +151,7 @@ class KafkaProducer:
     """A long-lived producer. Blocking methods are marked; call them off the trio thread."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self._reports: collections.deque[tuple[Record, Any, Any]] = collections.deque()
+        self._tallies: dict[str, Tally] = {}
         self._client_errors: collections.deque[Any] = collections.deque()
         # librdkafka's latest statistics (JSON), decoded only when metrics are scraped.
         self.statistics: str | None = None
@@ -152,15 +181,21 @@ class KafkaProducer:
         ``waited``: how long the records were buffered before; it counts in their reported latency.
         """
         produce = self._producer.produce
-        report = self._reports.append
+        tally = self._tallies.get(topic)
+        if tally is None:
+            tally = self._tallies[topic] = Tally(topic)
         failures: list[Failure] = []
         index = start
         for index in range(start, len(records)):
             record = records[index]
-            record.report = report
+            record.tally = tally
             record.waited = waited
             try:
-                produce(topic, record.value, record.key, headers=record.headers, on_delivery=record)  # type: ignore[arg-type]
+                # Positional, in the order of confluent-kafka's signature (its cimpl.pyi: topic, value,
+                # key, partition, callback, on_delivery, timestamp, headers), which mypy checks here:
+                # keywords cost a dict per call, measured at a third of it. -1: librdkafka's
+                # partitioner; 0: the time of the call.
+                produce(topic, record.value, record.key, -1, record, None, 0, record.headers)  # type: ignore[arg-type]
             except BufferError:
                 return index, failures
             except confluent_kafka.KafkaException as error:
@@ -201,27 +236,19 @@ class KafkaProducer:
 
     def _collect(self) -> Deliveries:
         out = Deliveries()
-        reports = self._reports
-        delivered, latencies, traced = out.delivered, out.latencies, out.traced
-        delivered_bytes = 0
-        while reports:
-            record, err, msg = reports.popleft()
-            topic = msg.topic()
-            if err is None:
-                delivered[topic] += 1
-                delivered_bytes += len(record.key) + len(record.value)
-                latency = msg.latency()
-                if latency is not None:
-                    latency += record.waited
-                    if topic in latencies:
-                        latencies[topic].append(latency)
-                    else:
-                        latencies[topic] = [latency]
-                if record.settlement is not None:
-                    traced.append((record.settlement, topic))
-            else:
-                out.failures.append(Failure(topic, record, err.name(), err.str(), err.fatal()))
-        out.delivered_bytes = delivered_bytes
+        for topic, tally in self._tallies.items():
+            if tally.delivered:
+                out.delivered[topic] += tally.delivered
+                out.delivered_bytes += tally.delivered_bytes
+                tally.delivered = tally.delivered_bytes = 0
+            if tally.latencies:
+                out.latencies[topic], tally.latencies = tally.latencies, []
+            if tally.traced:
+                out.traced += [(settlement, topic) for settlement in tally.traced]
+                tally.traced = []
+            if tally.failed:
+                out.failures += [Failure(topic, r, e.name(), e.str(), e.fatal()) for r, e in tally.failed]
+                tally.failed = []
         errors = self._client_errors
         while errors:
             error = errors.popleft()
