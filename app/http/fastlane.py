@@ -3,9 +3,9 @@
 Quart's request and response objects, context pushes and hooks cost more than everything the
 gateway itself does for one event (measured on hypercorn-trio: a bare ASGI callable that parses
 the body answers about 1.7x the requests per second of the same handler as a Quart route). The
-routes that take single events and batches register a :class:`FastRoute` beside their Quart
-route; :class:`FastLane` serves ``POST`` to exactly those paths and hands everything else,
-lifespan included, to the Quart app unchanged.
+routes that take single events and batches (logs, metrics, transactions) register a
+:class:`FastRoute` beside their Quart route; :class:`FastLane` serves ``POST`` to exactly those
+paths and hands everything else, lifespan included, to the Quart app unchanged.
 
 What the lane does for a request is what the listener's hooks and error handlers do on the
 Quart path: the same JSON answers and statuses, ``traceparent`` and ``X-Request-ID`` in the
@@ -47,8 +47,8 @@ class FastRoute(Protocol):
     def check(self, headers: Mapping[str, str]) -> Any:
         """What the headers alone decide (raises HTTPError), before the body is read."""
 
-    def take(self, checked: Any, body: bytes, trace: TraceContext) -> dict[str, Any]:
-        """The payload of the 202 answer once the body is taken (raises HTTPError)."""
+    async def take(self, checked: Any, body: bytes, trace: TraceContext) -> tuple[dict[str, Any], dict[str, str]]:
+        """The payload and extra headers of the 202 answer once the body is taken (raises HTTPError)."""
 
 
 def add_fast_routes(app: QuartTrio, routes: Mapping[str, FastRoute]) -> None:
@@ -103,7 +103,8 @@ class FastLane:
             body_read = True
             body = decode_content(body, headers.get("content-encoding"), self._max_bytes, self._max_decompressed)
             trace = request_context(headers.get("traceparent"), headers.get("tracestate"), headers.get("x-request-id"))
-            status, answer = 202, _encode(route.take(checked, body, trace))
+            payload, extra = await route.take(checked, body, trace)
+            status, answer = 202, _encode(payload)
         except HTTPError as error:
             status, answer, extra = error.status, _encode(error_payload(error)), error.headers
         except _ClientGone:

@@ -212,5 +212,7 @@ class _FastEventRoute:
     def check(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str]:
         return self.routes.check(headers.get("authorization"), headers.get("content-type"), batch=self.batch)
 
-    def take(self, checked: tuple[ApiKey | None, str], body: bytes, trace: TraceContext) -> dict[str, Any]:
-        return self.routes.take(checked, body, trace, None, batch=self.batch)
+    async def take(
+        self, checked: tuple[ApiKey | None, str], body: bytes, trace: TraceContext
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        return self.routes.take(checked, body, trace, None, batch=self.batch), {}

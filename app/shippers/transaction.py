@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,12 +17,14 @@ from quart_trio import QuartTrio
 
 from app import events
 from app.admission import Admission
+from app.auth import ApiKey
 from app.config import Settings
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted, IdempotencyConflict, OutboxEntry, RetryableConflict
 from app.http import openapi
-from app.http.body import JSON, media_type, read_body
+from app.http.body import JSON, check_media_type, read_body
 from app.http.errors import HTTPError, json_response
+from app.http.fastlane import add_fast_routes
 from app.observability.tracing import TraceContext
 from app.outbox.writer import OutboxUnavailable, OutboxWriter
 from app.shippers.ingest import decode_or_raise, received_at, request_trace
@@ -85,6 +88,13 @@ class TransactionShipper:
             f"{TRANSACTIONS_ROUTE}/<event_id>", "get_transaction", self.get_transaction, methods=["GET"]
         )
         openapi.add_paths(app, openapi_paths())
+        add_fast_routes(
+            app,
+            {
+                TRANSACTIONS_ROUTE: _FastTransactionRoute(self, False),
+                TRANSACTIONS_BATCH_ROUTE: _FastTransactionRoute(self, True),
+            },
+        )
 
     def _unavailable(self, detail: str) -> HTTPError:
         return HTTPError(503, "outbox unavailable", detail, headers={"Retry-After": self._retry_after})
@@ -94,39 +104,66 @@ class TransactionShipper:
             raise self._unavailable("DATABASE_URL is not set: transactions need the PostgreSQL outbox")
         return self._writer
 
-    async def _body(self) -> bytes:
-        media_type(request, {JSON})
-        return await read_body(
+    # -- the routes' work, free of any framework (Quart routes and the fast lane share it) --------
+
+    def check(
+        self, authorization: str | None, content_type: str | None, idempotency_key: str | None, *, batch: bool
+    ) -> tuple[ApiKey | None, str | None]:
+        """What the headers alone decide (401, 503 without a database, 400, 415), before the body is read."""
+        api_key = self._admission.authenticate(authorization)
+        self._writer_or_503()
+        if batch:
+            idempotency_key = None  # a batch's keys are its transactions' own
+        elif idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise HTTPError(400, "invalid Idempotency-Key", f"it must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        check_media_type(content_type, {JSON})
+        return api_key, idempotency_key
+
+    async def take(
+        self, checked: tuple[ApiKey | None, str | None], body: bytes, trace: TraceContext, span: RequestSpan | None,
+        *, batch: bool,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Admit, decode and commit a request's transactions; the payload and headers of its 202 answer."""
+        api_key, key = checked
+        writer = self._writer_or_503()
+        now = received_at()
+        if batch:
+            limit = self._settings.max_batch_events
+            transactions = decode_or_raise(lambda: events.decode_transaction_batch(body, limit))
+            self._admission.admit(api_key, len(transactions))
+            entries = [self._entry(t, t.idempotencyKey, trace, now) for t in transactions]
+        else:
+            self._admission.admit(api_key, 1)  # one event: refused before decoding
+            transaction = decode_or_raise(lambda: events.decode_transaction(body))
+            entries = [self._entry(transaction, key, trace, now)]
+        accepted = await self._write(writer, entries, span)
+        headers = {"Idempotent-Replayed": "true"} if all(a.replayed for a in accepted) else {}
+        if not batch:
+            return {"status": "accepted", "eventId": str(accepted[0].event_id)}, headers
+        ids = [str(a.event_id) for a in accepted]
+        return {"status": "accepted", "count": len(ids), "eventIds": ids}, headers
+
+    # -- Quart routes -----------------------------------------------------------------------------
+
+    async def post_transaction(self) -> Response:
+        return await self._post(batch=False)
+
+    async def post_transaction_batch(self) -> Response:
+        return await self._post(batch=True)
+
+    async def _post(self, *, batch: bool) -> Response:
+        headers = request.headers
+        checked = self.check(
+            headers.get("Authorization"), headers.get("Content-Type"), headers.get("Idempotency-Key"), batch=batch
+        )
+        body = await read_body(
             request,
             max_bytes=self._settings.max_request_bytes,
             max_decompressed_bytes=self._settings.max_decompressed_bytes,
         )
-
-    async def post_transaction(self) -> Response:
-        api_key = self._admission.authenticate(request.headers.get("Authorization"))
-        writer = self._writer_or_503()
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-            raise HTTPError(400, "invalid Idempotency-Key", f"it must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
-        body = await self._body()
-        self._admission.admit(api_key, 1)  # one event: refused before decoding
-        transaction = decode_or_raise(lambda: events.decode_transaction(body))
         trace = request_trace()
-        [accepted] = await self._write(writer, [self._entry(transaction, key, trace, received_at())])
-        return self._answer(trace, [accepted], single=True)
-
-    async def post_transaction_batch(self) -> Response:
-        api_key = self._admission.authenticate(request.headers.get("Authorization"))
-        writer = self._writer_or_503()
-        body = await self._body()
-        limit = self._settings.max_batch_events
-        transactions = decode_or_raise(lambda: events.decode_transaction_batch(body, limit))
-        self._admission.admit(api_key, len(transactions))
-        trace = request_trace()
-        now = received_at()
-        entries = [self._entry(t, t.idempotencyKey, trace, now) for t in transactions]
-        accepted = await self._write(writer, entries)
-        return self._answer(trace, accepted, single=False)
+        payload, extra = await self.take(checked, body, trace, g.get("span"), batch=batch)
+        return json_response(payload, 202, {"traceparent": trace.traceparent, **extra})
 
     async def get_transaction(self, event_id: str) -> Response:
         self._admission.authenticate(request.headers.get("Authorization"))
@@ -155,9 +192,10 @@ class TransactionShipper:
             )
         return json_response(answer, 200)
 
-    async def _write(self, writer: OutboxWriter, entries: list[OutboxEntry]) -> list[Accepted]:
-        span: RequestSpan | None = g.get("span")  # set only when tracing is on
-        if span is None:
+    async def _write(
+        self, writer: OutboxWriter, entries: list[OutboxEntry], span: RequestSpan | None
+    ) -> list[Accepted]:
+        if span is None:  # tracing off
             return await self._commit(writer, entries)
         span.span.set_attribute("events", len(entries))
         with span.child("outbox commit") as commit:
@@ -197,11 +235,21 @@ class TransactionShipper:
             headers.append(("idempotency-key", key.encode()))
         return OutboxEntry(event_id, self._topic, transaction.userId.encode(), value, headers, key, request_hash)
 
-    def _answer(self, trace: TraceContext, accepted: Sequence[Accepted], *, single: bool) -> Response:
-        headers = {"traceparent": trace.traceparent}
-        if all(a.replayed for a in accepted):
-            headers["Idempotent-Replayed"] = "true"
-        if single:
-            return json_response({"status": "accepted", "eventId": str(accepted[0].event_id)}, 202, headers)
-        ids = [str(a.event_id) for a in accepted]
-        return json_response({"status": "accepted", "count": len(ids), "eventIds": ids}, 202, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _FastTransactionRoute:
+    """One of the transaction routes, as the fast lane calls it (tracing is off there)."""
+
+    shipper: TransactionShipper
+    batch: bool
+
+    def check(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str | None]:
+        return self.shipper.check(
+            headers.get("authorization"), headers.get("content-type"), headers.get("idempotency-key"), batch=self.batch
+        )
+
+    async def take(
+        self, checked: tuple[ApiKey | None, str | None], body: bytes, trace: TraceContext
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        return await self.shipper.take(checked, body, trace, None, batch=self.batch)

@@ -22,9 +22,9 @@ class TakesAnything:
     def check(self, headers: Any) -> None:
         return None
 
-    def take(self, checked: Any, body: bytes, trace: TraceContext) -> dict[str, Any]:
+    async def take(self, checked: Any, body: bytes, trace: TraceContext) -> tuple[dict[str, Any], dict[str, str]]:
         self.bodies.append(body)
-        return {"status": "accepted", "requestId": trace.request_id}
+        return {"status": "accepted", "requestId": trace.request_id}, {}
 
 
 def lane(route: TakesAnything, *, body_timeout: float = 5.0, max_bytes: int = 1000) -> FastLane:
