@@ -122,6 +122,19 @@ def test_single_events_are_judged_on_the_median_of_paired_runs() -> None:
     assert bench.targets(rows() | {"single": single})[2].startswith("FAIL")
 
 
+def test_an_open_loop_row_is_the_run_with_the_median_p99() -> None:
+    runs = [bench.Row("a", p99=40.0), bench.Row("b", p99=math.nan), bench.Row("c", p99=12.0)]
+    assert bench.median_p99(runs).name == "a", "a run without a figure counts as the slowest"
+    assert bench.median_p99(runs[:1] + runs[2:] + [bench.Row("d", p99=90.0)]).name == "a"
+
+
+def test_the_raw_ceiling_produces_the_records_the_gateway_writes() -> None:
+    [(key, value, headers)] = bench.gateway_records([{"source": "app-3", "level": "INFO", "message": "hello"}])
+    assert key == b"app-3"
+    assert {"eventId", "receivedAt", "source", "level", "message"} <= set(json.loads(value))
+    assert [name for name, _ in headers or []] == ["event-id", "traceparent", "x-request-id"]
+
+
 def test_a_missing_bridge_figure_fails_its_target() -> None:
     lines = bench.targets(rows(batch500=100_000))
     assert lines[0].startswith("FAIL") and lines[1].startswith("FAIL")
