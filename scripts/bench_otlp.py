@@ -25,7 +25,7 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +44,7 @@ def otlp_body(records: int) -> bytes:
     logs = [
         LogRecord(
             time_unix_nano=NANOS + n * 1_000_000,
-            severity_number=9,
+            severity_number=SeverityNumber.SEVERITY_NUMBER_INFO,
             severity_text="INFO",
             body=AnyValue(string_value=f"order {n} processed in {n % 97} ms"),
             attributes=[attribute("order.id", f"o-{n}"), attribute("http.status_code", 200)],
