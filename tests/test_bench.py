@@ -122,6 +122,11 @@ def test_single_events_are_judged_on_the_median_of_paired_runs() -> None:
     assert bench.targets(rows() | {"single": single})[2].startswith("FAIL")
 
 
+def test_the_single_event_latency_line_names_the_bare_server_s_tail_beside() -> None:
+    lines = bench.targets(rows() | {"bare_half": bench.Row("bare_half", p99=20.5)})
+    assert lines[5].startswith("PASS") and "bare hypercorn at the same rate 20.5 ms" in lines[5]
+
+
 def test_an_open_loop_row_is_the_run_with_the_median_p99() -> None:
     runs = [bench.Row("a", p99=40.0), bench.Row("b", p99=math.nan), bench.Row("c", p99=12.0)]
     assert bench.median_p99(runs).name == "a", "a run without a figure counts as the slowest"
