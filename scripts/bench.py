@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
-import hypercorn.config
 import hypercorn.trio
 import msgspec
 import psutil
@@ -63,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.config import load_settings  # noqa: E402
 from app.events import decode_log  # noqa: E402
 from app.observability.tracing import request_context  # noqa: E402
-from app.runtime import profile_producer_config  # noqa: E402
+from app.runtime import hypercorn_config, profile_producer_config  # noqa: E402
 from app.shippers.application import log_records  # noqa: E402
 from scripts.bench_otlp import otlp_body  # noqa: E402
 from scripts.bench_support import ROOT, free_port, gateway_process, hey, infra_up, require_hey  # noqa: E402
@@ -147,9 +146,8 @@ async def bare_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def serve_bare(port: int) -> None:
-    config = hypercorn.config.Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
+    # hypercorn configured as the gateway's listeners are (keep-alive timeout, backlog, headers).
+    config = hypercorn_config(load_settings({}), port)
     trio.run(hypercorn.trio.serve, bare_app, config)
 
 
