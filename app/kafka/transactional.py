@@ -11,6 +11,7 @@ last transaction Kafka committed. All methods block: call them off the trio thre
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,14 @@ from app.kafka.errors import KafkaError, KafkaUnavailable
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = b"outbox-relay"
+# A partition without a leader for now (just created, or its leader moving): asked again.
+_NO_LEADER_YET = frozenset(
+    {
+        confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+        confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
 
 
 class PublishFailed(KafkaError):
@@ -148,9 +157,7 @@ class TransactionalPublisher:
             }
         )
         try:
-            low, high = consumer.get_watermark_offsets(
-                confluent_kafka.TopicPartition(self._checkpoint_topic, 0), timeout=timeout
-            )
+            low, high = watermarks(consumer, confluent_kafka.TopicPartition(self._checkpoint_topic, 0), timeout)
             window = 64
             while high > low:
                 start = max(low, high - window)
@@ -184,3 +191,20 @@ class TransactionalPublisher:
                 last = message.value()
             if message.offset() >= end - 1:
                 return last
+
+
+def watermarks(consumer: Any, partition: Any, timeout: float, *, retry_every: float = 0.1) -> tuple[int, int]:
+    """A partition's low and high offsets. Blocking.
+
+    Right after the checkpoint topic is created, the broker can answer that the partition has no
+    leader yet: that is asked again until ``timeout``; any other error is raised.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=max(0.1, deadline - time.monotonic()))
+            return int(low), int(high)
+        except confluent_kafka.KafkaException as error:
+            if error.args[0].code() not in _NO_LEADER_YET or time.monotonic() + retry_every >= deadline:
+                raise
+        time.sleep(retry_every)

@@ -1,0 +1,42 @@
+"""The relay publisher's reading of its checkpoint partition (pure logic: the consumer is a fake)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import confluent_kafka
+import pytest
+
+from app.kafka.transactional import watermarks
+
+PARTITION = confluent_kafka.TopicPartition("outbox-relay-checkpoints", 0)
+
+
+class Consumer:
+    """Answers ``get_watermark_offsets`` with the errors it was given, then with offsets."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.asked = 0
+
+    def get_watermark_offsets(self, partition: Any, timeout: float) -> tuple[int, int]:
+        self.asked += 1
+        assert partition is PARTITION and timeout > 0
+        if self.errors:
+            raise confluent_kafka.KafkaException(confluent_kafka.KafkaError(self.errors.pop(0)))
+        return 3, 7
+
+
+def test_a_partition_without_a_leader_yet_is_asked_again() -> None:
+    consumer = Consumer(confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION, confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE)
+    assert watermarks(consumer, PARTITION, 5.0, retry_every=0.01) == (3, 7)
+    assert consumer.asked == 3
+
+
+def test_other_errors_and_a_leader_that_never_comes_are_raised() -> None:
+    with pytest.raises(confluent_kafka.KafkaException):
+        watermarks(Consumer(confluent_kafka.KafkaError._TRANSPORT), PARTITION, 5.0, retry_every=0.01)
+    endless = Consumer(*[confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+    with pytest.raises(confluent_kafka.KafkaException):
+        watermarks(endless, PARTITION, 0.2, retry_every=0.01)
+    assert 5 < endless.asked < 1000
