@@ -3,9 +3,9 @@
 Quart's request and response objects, context pushes and hooks cost more than everything the
 gateway itself does for one event (measured on hypercorn-trio: a bare ASGI callable that parses
 the body answers about 1.7x the requests per second of the same handler as a Quart route). The
-routes that take single events and batches (logs, metrics, transactions) register a
-:class:`FastRoute` beside their Quart route; :class:`FastLane` serves ``POST`` to exactly those
-paths and hands everything else, lifespan included, to the Quart app unchanged.
+routes that take single events and batches (logs, metrics, transactions) are an :class:`Ingest`,
+registered beside their Quart views; :class:`FastLane` serves ``POST`` to exactly those paths and
+hands everything else, lifespan included, to the Quart app unchanged.
 
 What the lane does for a request is what the listener's hooks and error handlers do on the
 Quart path: the same JSON answers and statuses, ``traceparent`` and ``X-Request-ID`` in the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 import trio
@@ -29,6 +29,9 @@ from app.http.body import check_length, decode_content
 from app.http.errors import HTTPError, error_payload
 from app.observability.metrics import Metrics
 from app.observability.tracing import TraceContext, request_context, valid_request_id
+
+if TYPE_CHECKING:
+    from app.observability.otel import RequestSpan
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +46,29 @@ _CLOSE: Final = (b"connection", b"close")
 _encode: Final = msgspec.json.Encoder().encode
 
 
-class FastRoute(Protocol):
-    def check(self, headers: Mapping[str, str]) -> Any:
+class Headers(Protocol):
+    """A request's headers by lowercase name: the lane's dict, or a Quart request's headers."""
+
+    def get(self, key: str) -> str | None: ...
+
+
+class Ingest(Protocol):
+    """A single-event and a batch route whose work is free of any framework: the fast lane and
+    the routes' Quart views (:func:`app.shippers.ingest.register_ingest`) both call it."""
+
+    def check(self, headers: Headers, *, batch: bool) -> Any:
         """What the headers alone decide (raises HTTPError), before the body is read."""
 
-    async def take(self, checked: Any, body: bytes, trace: TraceContext) -> tuple[dict[str, Any], dict[str, str]]:
-        """The payload and extra headers of the 202 answer once the body is taken (raises HTTPError)."""
+    async def take(
+        self, checked: Any, body: bytes, trace: TraceContext, span: RequestSpan | None, *, batch: bool
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The payload and extra headers of the 202 answer once the body is taken (raises HTTPError).
+
+        ``span``: the request's span, only when tracing is on (never on the fast lane)."""
 
 
-def add_fast_routes(app: QuartTrio, routes: Mapping[str, FastRoute]) -> None:
-    app.config.setdefault(FAST_ROUTES_KEY, {}).update(routes)
+def add_fast_routes(app: QuartTrio, routes: Ingest, path: str, batch_path: str) -> None:
+    app.config.setdefault(FAST_ROUTES_KEY, {}).update({path: (routes, False), batch_path: (routes, True)})
 
 
 def _queued(receive: Receive) -> Callable[[], MutableMapping[str, Any]] | None:
@@ -73,7 +89,7 @@ class FastLane:
     ) -> None:
         self._app = app
         self._name = name
-        self._routes: dict[str, FastRoute] = dict(app.config.get(FAST_ROUTES_KEY, {}))
+        self._routes: dict[str, tuple[Ingest, bool]] = dict(app.config.get(FAST_ROUTES_KEY, {}))
         self._max_bytes = max_request_bytes
         self._max_decompressed = max_decompressed_bytes
         self._body_timeout = float(app.config["BODY_TIMEOUT"])
@@ -85,25 +101,27 @@ class FastLane:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = self._routes.get(scope["path"])
             if route is not None:
-                await self._serve(scope["path"], route, scope, receive, send)
+                await self._serve(scope["path"], *route, scope, receive, send)
                 return
         await self._app(scope, receive, send)  # type: ignore[arg-type]
 
-    async def _serve(self, path: str, route: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, path: str, routes: Ingest, batch: bool, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         started = time.perf_counter()
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         trace: TraceContext | None = None
         body_read = False
         extra: dict[str, str] = {}
         try:
-            checked = route.check(headers)
+            checked = routes.check(headers, batch=batch)
             length = headers.get("content-length")
             check_length(int(length) if length is not None and length.isdigit() else None, self._max_bytes)
             body = await self._read(receive)
             body_read = True
             body = decode_content(body, headers.get("content-encoding"), self._max_bytes, self._max_decompressed)
             trace = request_context(headers.get("traceparent"), headers.get("tracestate"), headers.get("x-request-id"))
-            payload, extra = await route.take(checked, body, trace)
+            payload, extra = await routes.take(checked, body, trace, None, batch=batch)
             status, answer = 202, _encode(payload)
         except HTTPError as error:
             status, answer, extra = error.status, _encode(error_payload(error)), error.headers

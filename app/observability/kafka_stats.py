@@ -3,8 +3,8 @@
 librdkafka hands its statistics (``statistics.interval.ms``) to ``stats_cb`` as a JSON string,
 inside ``poll()`` (the channel profiles poll on the trio thread, the relay in a worker thread);
 the adapters only keep the latest string. This collector decodes it at scrape time, on the trio
-thread, once per new string (every listener scrapes the same registry). Brokers are labelled by their name in the
-cluster (``host:port/id``): as many values as the cluster has brokers.
+thread, once per new string (every listener scrapes the same registry). Brokers are labelled by
+their name in the cluster (``host:port/id``): as many values as the cluster has brokers.
 """
 
 from __future__ import annotations

@@ -61,7 +61,9 @@ def request_context(traceparent: str | None, tracestate: str | None, request_id:
     return continue_trace(traceparent, tracestate, valid_request_id(request_id) or new_uuids(1)[0])
 
 
-def continue_trace(traceparent: str | None, tracestate: str | None = None, request_id: str | None = None) -> TraceContext:
+def continue_trace(
+    traceparent: str | None, tracestate: str | None = None, request_id: str | None = None
+) -> TraceContext:
     """The context of this hop: the caller's trace when its header is valid, else a new one."""
     if traceparent:
         match = _TRACEPARENT.match(traceparent.strip().lower())

@@ -18,9 +18,9 @@ from app import events, otlp
 from app.admission import Admission
 from app.config import Settings
 from app.http import openapi
+from app.ids import new_uuids
 from app.kafka.producer import Headers, Record
 from app.observability.tracing import TraceContext
-from app.ids import new_uuids
 from app.shippers.ingest import EventKind, EventRoutes, Submitter, received_at
 from app.shippers.otlp import OTLPRoute, Prepared, openapi_path
 

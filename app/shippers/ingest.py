@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
@@ -17,8 +17,7 @@ from app.auth import ApiKey
 from app.config import Settings
 from app.http.body import JSON, NDJSON, check_media_type, read_body
 from app.http.errors import HTTPError, json_response
-from app.http.fastlane import add_fast_routes
-from app.ids import new_uuids
+from app.http.fastlane import Headers, Ingest, add_fast_routes
 from app.kafka.producer import Record
 from app.observability.metrics import Metrics
 from app.observability.tracing import TraceContext, request_context
@@ -152,21 +151,19 @@ class EventRoutes(Generic[E]):
         self._admission = admission
 
     def register(self, app: QuartTrio, route: str, batch_route: str) -> None:
-        app.add_url_rule(route, f"post_{self._kind.name}", self.post_one, methods=["POST"])
-        app.add_url_rule(batch_route, f"post_{self._kind.name}_batch", self.post_batch, methods=["POST"])
-        add_fast_routes(app, {route: _FastEventRoute(self, False), batch_route: _FastEventRoute(self, True)})
+        register_ingest(app, self, self._settings, self._kind.name, route, batch_route)
 
-    # -- the routes' work, free of any framework (Quart routes and the fast lane share it) --------
+    # -- the routes' work, free of any framework (their Quart views and the fast lane share it) ----
 
-    def check(self, authorization: str | None, content_type: str | None, *, batch: bool) -> tuple[ApiKey | None, str]:
+    def check(self, headers: Headers, *, batch: bool) -> tuple[ApiKey | None, str]:
         """What the headers alone decide (401, 415), before the body is read."""
-        key = self._admission.authenticate(authorization)
-        return key, check_media_type(content_type, BATCH_TYPES if batch else SINGLE_TYPES)
+        key = self._admission.authenticate(headers.get("authorization"))
+        return key, check_media_type(headers.get("content-type"), BATCH_TYPES if batch else SINGLE_TYPES)
 
-    def take(
+    async def take(
         self, checked: tuple[ApiKey | None, str], body: bytes, trace: TraceContext, span: RequestSpan | None,
         *, batch: bool,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """Admit, decode and submit a request's body; the payload of its 202 answer."""
         key, kind = checked
         if batch:
@@ -180,39 +177,27 @@ class EventRoutes(Generic[E]):
             self._admission.admit(key, 1)
             decoded = [decode_or_raise(lambda: self._kind.decode_one(body))]
         records, event_ids = self._kind.records(decoded, trace)
-        return self._submitter.accept(records, event_ids, span, single=not batch)
+        return self._submitter.accept(records, event_ids, span, single=not batch), {}
 
-    # -- Quart routes -----------------------------------------------------------------------------
 
-    async def post_one(self) -> Response:
-        return await self._post(batch=False)
+def register_ingest(app: QuartTrio, routes: Ingest, settings: Settings, name: str, path: str, batch_path: str) -> None:
+    """``routes`` as the Quart views ``post_<name>`` and ``post_<name>_batch``, and on the fast lane."""
 
-    async def post_batch(self) -> Response:
-        return await self._post(batch=True)
-
-    async def _post(self, *, batch: bool) -> Response:
-        checked = self.check(request.headers.get("Authorization"), request.headers.get("Content-Type"), batch=batch)
+    async def post(batch: bool) -> Response:
+        checked = routes.check(request.headers, batch=batch)
         body = await read_body(
-            request,
-            max_bytes=self._settings.max_request_bytes,
-            max_decompressed_bytes=self._settings.max_decompressed_bytes,
+            request, max_bytes=settings.max_request_bytes, max_decompressed_bytes=settings.max_decompressed_bytes
         )
         trace = request_trace()
-        payload = self.take(checked, body, trace, request_span(), batch=batch)
-        return json_response(payload, 202, {"traceparent": trace.traceparent})
+        payload, extra = await routes.take(checked, body, trace, request_span(), batch=batch)
+        return json_response(payload, 202, {"traceparent": trace.traceparent, **extra})
 
+    async def post_one() -> Response:
+        return await post(False)
 
-@dataclass(frozen=True, slots=True)
-class _FastEventRoute:
-    """One of an EventRoutes' routes, as the fast lane calls it (tracing is off there)."""
+    async def post_batch() -> Response:
+        return await post(True)
 
-    routes: EventRoutes[Any]
-    batch: bool
-
-    def check(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str]:
-        return self.routes.check(headers.get("authorization"), headers.get("content-type"), batch=self.batch)
-
-    async def take(
-        self, checked: tuple[ApiKey | None, str], body: bytes, trace: TraceContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return self.routes.take(checked, body, trace, None, batch=self.batch), {}
+    app.add_url_rule(path, f"post_{name}", post_one, methods=["POST"])
+    app.add_url_rule(batch_path, f"post_{name}_batch", post_batch, methods=["POST"])
+    add_fast_routes(app, routes, path, batch_path)

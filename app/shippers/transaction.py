@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from quart import Response, g, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from app import events
@@ -22,12 +20,12 @@ from app.config import Settings
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted, IdempotencyConflict, OutboxEntry, RetryableConflict
 from app.http import openapi
-from app.http.body import JSON, check_media_type, read_body
+from app.http.body import JSON, check_media_type
 from app.http.errors import HTTPError, json_response
-from app.http.fastlane import add_fast_routes
+from app.http.fastlane import Headers
 from app.observability.tracing import TraceContext
 from app.outbox.writer import OutboxUnavailable, OutboxWriter
-from app.shippers.ingest import decode_or_raise, received_at, request_trace
+from app.shippers.ingest import decode_or_raise, received_at, register_ingest
 
 if TYPE_CHECKING:
     from app.observability.otel import RequestSpan
@@ -80,21 +78,11 @@ class TransactionShipper:
         self._retry_after = str(settings.retry_after_seconds)
 
     def register(self, app: QuartTrio) -> None:
-        app.add_url_rule(TRANSACTIONS_ROUTE, "post_transaction", self.post_transaction, methods=["POST"])
-        app.add_url_rule(
-            TRANSACTIONS_BATCH_ROUTE, "post_transaction_batch", self.post_transaction_batch, methods=["POST"]
-        )
+        register_ingest(app, self, self._settings, "transaction", TRANSACTIONS_ROUTE, TRANSACTIONS_BATCH_ROUTE)
         app.add_url_rule(
             f"{TRANSACTIONS_ROUTE}/<event_id>", "get_transaction", self.get_transaction, methods=["GET"]
         )
         openapi.add_paths(app, openapi_paths())
-        add_fast_routes(
-            app,
-            {
-                TRANSACTIONS_ROUTE: _FastTransactionRoute(self, False),
-                TRANSACTIONS_BATCH_ROUTE: _FastTransactionRoute(self, True),
-            },
-        )
 
     def _unavailable(self, detail: str) -> HTTPError:
         return HTTPError(503, "outbox unavailable", detail, headers={"Retry-After": self._retry_after})
@@ -106,17 +94,15 @@ class TransactionShipper:
 
     # -- the routes' work, free of any framework (Quart routes and the fast lane share it) --------
 
-    def check(
-        self, authorization: str | None, content_type: str | None, idempotency_key: str | None, *, batch: bool
-    ) -> tuple[ApiKey | None, str | None]:
+    def check(self, headers: Headers, *, batch: bool) -> tuple[ApiKey | None, str | None]:
         """What the headers alone decide (401, 503 without a database, 400, 415), before the body is read."""
-        api_key = self._admission.authenticate(authorization)
+        api_key = self._admission.authenticate(headers.get("authorization"))
         self._writer_or_503()
-        if batch:
-            idempotency_key = None  # a batch's keys are its transactions' own
-        elif idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        # A batch's keys are its transactions' own.
+        idempotency_key = None if batch else headers.get("idempotency-key")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise HTTPError(400, "invalid Idempotency-Key", f"it must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
-        check_media_type(content_type, {JSON})
+        check_media_type(headers.get("content-type"), {JSON})
         return api_key, idempotency_key
 
     async def take(
@@ -142,28 +128,6 @@ class TransactionShipper:
             return {"status": "accepted", "eventId": str(accepted[0].event_id)}, headers
         ids = [str(a.event_id) for a in accepted]
         return {"status": "accepted", "count": len(ids), "eventIds": ids}, headers
-
-    # -- Quart routes -----------------------------------------------------------------------------
-
-    async def post_transaction(self) -> Response:
-        return await self._post(batch=False)
-
-    async def post_transaction_batch(self) -> Response:
-        return await self._post(batch=True)
-
-    async def _post(self, *, batch: bool) -> Response:
-        headers = request.headers
-        checked = self.check(
-            headers.get("Authorization"), headers.get("Content-Type"), headers.get("Idempotency-Key"), batch=batch
-        )
-        body = await read_body(
-            request,
-            max_bytes=self._settings.max_request_bytes,
-            max_decompressed_bytes=self._settings.max_decompressed_bytes,
-        )
-        trace = request_trace()
-        payload, extra = await self.take(checked, body, trace, g.get("span"), batch=batch)
-        return json_response(payload, 202, {"traceparent": trace.traceparent, **extra})
 
     async def get_transaction(self, event_id: str) -> Response:
         self._admission.authenticate(request.headers.get("Authorization"))
@@ -236,20 +200,3 @@ class TransactionShipper:
         return OutboxEntry(event_id, self._topic, transaction.userId.encode(), value, headers, key, request_hash)
 
 
-
-@dataclass(frozen=True, slots=True)
-class _FastTransactionRoute:
-    """One of the transaction routes, as the fast lane calls it (tracing is off there)."""
-
-    shipper: TransactionShipper
-    batch: bool
-
-    def check(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str | None]:
-        return self.shipper.check(
-            headers.get("authorization"), headers.get("content-type"), headers.get("idempotency-key"), batch=self.batch
-        )
-
-    async def take(
-        self, checked: tuple[ApiKey | None, str | None], body: bytes, trace: TraceContext
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        return await self.shipper.take(checked, body, trace, None, batch=self.batch)

@@ -8,7 +8,7 @@ import msgspec
 import trio
 from quart_trio import QuartTrio
 
-from app.http.fastlane import FAST_ROUTES_KEY, FastLane
+from app.http.fastlane import FastLane, add_fast_routes
 from app.observability.metrics import Metrics
 from app.observability.tracing import TraceContext
 
@@ -19,17 +19,20 @@ class TakesAnything:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
 
-    def check(self, headers: Any) -> None:
+    def check(self, headers: Any, *, batch: bool) -> None:
         return None
 
-    async def take(self, checked: Any, body: bytes, trace: TraceContext) -> tuple[dict[str, Any], dict[str, str]]:
+    async def take(
+        self, checked: Any, body: bytes, trace: TraceContext, span: Any, *, batch: bool
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        assert span is None and not batch
         self.bodies.append(body)
         return {"status": "accepted", "requestId": trace.request_id}, {}
 
 
 def lane(route: TakesAnything, *, body_timeout: float = 5.0, max_bytes: int = 1000) -> FastLane:
     app = QuartTrio(__name__)
-    app.config[FAST_ROUTES_KEY] = {PATH: route}
+    add_fast_routes(app, route, PATH, PATH + "/batch")
     app.config["BODY_TIMEOUT"] = body_timeout
     return FastLane(app, "application", Metrics(), max_request_bytes=max_bytes, max_decompressed_bytes=max_bytes)
 
