@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 import trio
 
 from app.config import load_settings
+from app.outbox.relay import RelayState
 from app.runtime import Runtime, run
 from tests.conftest import PrivateKafka, wait_ready
 from tests.kafka_reader import KafkaReader
@@ -28,32 +30,45 @@ async def test_a_broker_outage_delays_transactions_but_loses_and_duplicates_none
         runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
         url = runtime.url("transaction")
         await wait_ready(url)
-        stream = TransactionStream([url], total=1500, workers=4)
+        # Open-ended: it runs until the outage is over, however long stopping the broker takes.
+        stream = TransactionStream([url], total=1_000_000, workers=4)
+        metrics = runtime.metrics.registry
+
+        async def until(what: str, condition: Callable[[], bool], timeout: float) -> None:
+            with trio.move_on_after(timeout):
+                while not condition():
+                    await trio.sleep(0.05)
+                return
+            state = {s.value: metrics.get_sample_value("outbox_relay_state", {"state": s.value}) for s in RelayState}
+            raise AssertionError(
+                f"not within {timeout:.0f}s: {what} ({len(stream.accepted)} accepted, {stream.retries} refused,"
+                f" relay {state})"
+            )
 
         async def outage() -> None:
-            while len(stream.accepted) < 300:
-                await trio.sleep(0.005)
+            await until("300 transactions accepted", lambda: len(stream.accepted) >= 300, 60)
             await trio.to_thread.run_sync(private_kafka.down)
             during = len(stream.accepted)
-            with trio.fail_after(60):
-                while len(stream.accepted) < during + 500:
-                    await trio.sleep(0.01)
+            await until("500 more accepted while Kafka is down", lambda: len(stream.accepted) >= during + 500, 60)
             async with httpx.AsyncClient() as client:
                 ready = await client.get(f"{url}/ready")
             assert ready.status_code == 200, "accepting transactions needs PostgreSQL only"
-            metrics = runtime.metrics.registry
-            with trio.fail_after(10):
-                while not metrics.get_sample_value("outbox_pending_events"):
-                    await trio.sleep(0.1)
-            with trio.fail_after(20):  # its Kafka transaction times out, then it reports failing
-                while metrics.get_sample_value("outbox_relay_state", {"state": "failing"}) != 1:
-                    await trio.sleep(0.1)
+            # The relay reports its backlog between attempts; one attempt takes its flush and abort timeouts.
+            await until("a pending backlog reported", lambda: bool(metrics.get_sample_value("outbox_pending_events")), 30)
+            await until(  # its Kafka transaction times out, then it reports failing
+                "the relay reports failing",
+                lambda: metrics.get_sample_value("outbox_relay_state", {"state": "failing"}) == 1,
+                30,
+            )
             assert metrics.get_sample_value("outbox_oldest_pending_age_seconds")
             await trio.to_thread.run_sync(private_kafka.up)
+            after = len(stream.accepted)
+            await until("200 more accepted after Kafka is back", lambda: len(stream.accepted) >= after + 200, 60)
+            stream.stop()
 
         async with trio.open_nursery() as inner:
             inner.start_soon(outage)
-            await stream.run()
+            await stream.run(deadline=300)
         assert stream.retries == 0, "no transaction was refused while Kafka was away"
         await wait_published(database_url, timeout=120)
         await assert_exactly_once(
