@@ -43,7 +43,7 @@ async def test_a_batch_counts_as_its_events_and_over_the_limit_is_429(gateway_en
 
 
 async def test_api_keys_guard_the_ingest_routes_with_per_key_quotas(gateway_env: dict[str, str]) -> None:
-    env = {**gateway_env, "API_KEYS": "team-a:secret-a:1,team-b:secret-b", "MAX_BATCH_EVENTS": "20"}
+    env = {**gateway_env, "API_KEYS": "team-a:secret-a:0.05,team-b:secret-b", "MAX_BATCH_EVENTS": "20"}
     async with trio.open_nursery() as nursery:
         runtime = await start(nursery, env)
         async with httpx.AsyncClient(base_url=runtime.url("gateway")) as client:

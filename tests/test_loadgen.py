@@ -288,7 +288,7 @@ async def test_verify_counts_missing_duplicated_and_mismatched_events(gateway: R
     assert await trio.to_thread.run_sync(producer.flush, 10.0) == 0
     never_produced = str(uuid.uuid4())
 
-    checks = await trio.to_thread.run_sync(loadgen.verify, bootstrap, starts, {topic: [*ids, never_produced]}, 3.0)
+    checks = await trio.to_thread.run_sync(loadgen.verify, bootstrap, starts, {topic: [*ids, never_produced]}, 6.0)
     check = checks[topic]
     assert (check.accepted, check.found, check.missing) == (6, 5, [never_produced])
     assert check.duplicated == {ids[0]: 2, ids[1]: 2}

@@ -33,6 +33,9 @@ async def test_the_breaker_opens_fast_and_closes_by_itself_and_nothing_accepted_
         "KAFKA_BOOTSTRAP_SERVERS": private_kafka.bootstrap_servers,
         "BREAKER_OPEN_SECONDS": "1",
         "READY_TIMEOUT": "1",
+        # Longer than the outage can last here (a stop, 5 s of samples, a cold JVM start on a busy machine):
+        # records in flight when it began wait for the broker instead of being dead-lettered.
+        "APPLICATION_DELIVERY_TIMEOUT_MS": "180000",
     }
     gateway = GatewayProcess(env, log_path=f"{tmp_path}/gateway.log")
     accepted: list[str] = []
@@ -91,7 +94,9 @@ async def test_the_breaker_opens_fast_and_closes_by_itself_and_nothing_accepted_
 
     outage = [a for a in answers if a[0] == "outage"]
     assert any(status == 503 for _, status, _ in outage), "the breaker answered 503 during the outage"
-    assert max(seconds for _, _, seconds in answers) < 1.0, "no request waited a second"
+    seconds = sorted(seconds for _, _, seconds in answers)
+    assert seconds[int(0.99 * len(seconds))] < 0.5, "the breaker answers at once; so does the buffer"
+    assert seconds[-1] < 3.0, "no request waited for the broker (the client gives up at 5 s)"
     assert max(rss_during) - rss_before < 64 * 1024 * 1024, "memory stayed flat during the outage"
     expected = set(accepted)
     records = await KafkaReader(private_kafka.bootstrap_servers).read(

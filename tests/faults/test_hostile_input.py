@@ -244,8 +244,10 @@ def test_slow_clients_do_not_hold_up_the_others(target: Target) -> None:
     try:
         started = time.monotonic()
         response = httpx.post(f"{target.urls[1]}/api/v1/logs", json={"source": "s", "level": "INFO", "message": "fast"})
-        assert response.status_code == 202 and time.monotonic() - started < 1.0
-        target.accepted_logs.add(response.json()["eventId"])
+        elapsed = time.monotonic() - started
+        assert response.status_code == 202
+        target.accepted_logs.add(response.json()["eventId"])  # before the timing check: the module's last test counts it
+        assert elapsed < 1.0, "the stalled connections held up nobody"
     finally:
         for sock in stalled:
             sock.close()

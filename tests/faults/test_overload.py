@@ -44,4 +44,8 @@ async def test_twice_the_rate_limit(gateway_env: dict[str, str], tmp_path: objec
     steady = [a.status for a in loaded if a.scheduled >= 1.0]
     steady_rate = steady.count(202) / 5.0
     assert 0.85 * LIMIT <= steady_rate <= 1.15 * LIMIT, steady_rate
-    assert max(a.latency for a in loaded) < 1.0, "refusals are fast, and so are admissions"
+    latencies = sorted(a.latency for a in loaded)
+    # Counted from the scheduled send, so a stall of the busy machine counts too: the bound is on the
+    # 99th percentile, and no answer came near a wait for the buffer or the broker.
+    assert latencies[int(0.99 * len(latencies))] < 0.5, "refusals are fast, and so are admissions"
+    assert latencies[-1] < 3.0, "no request hung"

@@ -86,7 +86,7 @@ async def test_failing_and_slow_sensors_are_skipped_and_the_loop_goes_on(caplog:
 
     def slow() -> list[Reading]:
         calls["slow"] += 1
-        time.sleep(0.5)
+        time.sleep(1.0)
         return [Reading("slow", 1.0, "1")]
 
     def fine() -> list[Reading]:
@@ -96,7 +96,7 @@ async def test_failing_and_slow_sensors_are_skipped_and_the_loop_goes_on(caplog:
     collector = Collector(
         None,  # type: ignore[arg-type]  # sample() ships nothing
         metrics,
-        interval=0.1,
+        interval=0.3,  # the time a sensor has: ample for `fine` on a busy machine
         sensors={"broken": broken, "slow": slow, "fine": fine},
     )
     with caplog.at_level(logging.WARNING, logger="app.shippers.collector"):
@@ -105,13 +105,13 @@ async def test_failing_and_slow_sensors_are_skipped_and_the_loop_goes_on(caplog:
     assert [r.metric for r in first] == ["fine"]
     assert [r.metric for r in second] == ["fine"]
     assert calls["slow"] == 1, "a sensor still busy is not called again"
-    await trio.sleep(0.6)
+    await trio.sleep(1.2)
     third = await collector.sample()
     assert calls["slow"] == 2, "once its thread returns, the sensor runs again"
     assert [r.metric for r in third] == ["fine"]
     messages = " ".join(record.getMessage() for record in caplog.records)
     assert "host sensor broken failed: PermissionError('/proc/diskstats')" in messages
-    assert "host sensor slow took longer than 0.1 s" in messages
+    assert "host sensor slow took longer than 0.3 s" in messages
     assert metrics.collector_sensor_failures.labels("broken")._value.get() == 3
     assert metrics.collector_sensor_failures.labels("slow")._value.get() == 2
 

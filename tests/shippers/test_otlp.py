@@ -267,10 +267,10 @@ async def test_protobuf_answers_partial_success_and_status_errors(gateway: Runti
 
 @pytest.fixture
 async def limited(settings: Settings) -> AsyncIterator[Runtime]:
-    """A gateway taking at most 5 application events a second, 5 to a batch."""
+    """A gateway holding 5 application tokens, refilled one every 2 s (so no pace refills one here), 5 to a batch."""
     limits = dataclasses.replace(
         settings,
-        application=dataclasses.replace(settings.application, rate_limit=5.0),
+        application=dataclasses.replace(settings.application, rate_limit=0.5),
         max_batch_events=5,
     )
     async with trio.open_nursery() as nursery:
