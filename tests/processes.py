@@ -21,10 +21,22 @@ import trio
 from tests.conftest import ROOT, Infra, schema_url, unique_topics_env, wait_ready
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never handed out before in this session.
+
+    The caller binds it later, so two callers could otherwise be given the same port between
+    asking and binding (the kernel picks from one range for both).
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class GatewayProcess:

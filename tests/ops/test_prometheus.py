@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from app.config import Settings
 from app.runtime import Runtime
 from tests.conftest import ROOT
 from tests.ops.promql import promtool, unknown_metrics
+from tests.processes import free_port
 
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -43,13 +43,6 @@ LISTENER_PORTS = {"gateway": 8080, "application": 8081, "infrastructure": 8082, 
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def active_targets(port: int) -> list[dict[str, Any]]:
