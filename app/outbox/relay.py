@@ -167,8 +167,9 @@ class Relay:
         if now < self._next_stats and not force:
             return
         self._next_stats = now + 1.0
+        committed_before = self._writer.committed_events
         backlog: store.Backlog = await self._db(store.backlog)
-        self._writer.pending_estimate = backlog.pending
+        self._writer.counted(backlog.pending, committed_before)
         self._metrics.outbox_pending.set(backlog.pending)
         self._metrics.outbox_oldest_pending_age.set(backlog.oldest_pending_age)
 

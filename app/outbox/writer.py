@@ -64,6 +64,8 @@ class OutboxWriter:
         self._reader_limiter = trio.CapacityLimiter(1)
         # Refreshed by the relay from the table; raised here by every commit in between.
         self.pending_estimate = 0
+        # Events this writer has committed, ever: what a count of the table may have missed.
+        self.committed_events = 0
 
     async def write(self, entries: Sequence[store.OutboxEntry]) -> list[store.Accepted]:
         """Commit ``entries`` (all or none); raises OutboxUnavailable or IdempotencyConflict."""
@@ -126,6 +128,7 @@ class OutboxWriter:
             for request, result in zip(group, results):
                 request.result = result
             self.pending_estimate += events
+            self.committed_events += events
             self._metrics.outbox_commits.observe(events)
             self._metrics.outbox_commit_duration.observe(trio.current_time() - started)
             self._on_commit()
@@ -141,6 +144,14 @@ class OutboxWriter:
             self._conn.close()
             self._conn = None
             raise
+
+    def counted(self, pending: int, committed_before: int) -> None:
+        """Take a count of the table's pending rows, started when ``committed_events`` was ``committed_before``.
+
+        Rows this writer committed while the count was under way may be missing from it: they
+        are added, so the backlog bound errs on the side of the limit, never past it.
+        """
+        self.pending_estimate = pending + self.committed_events - committed_before
 
     async def status(self, event_id: Any) -> store.EventStatus | None:
         """Where an event stands (pending or published); raises DatabaseUnavailable."""

@@ -136,3 +136,43 @@ async def test_crash_inside_an_open_transaction_is_aborted_and_published_again(
     # The zombie was fenced by the new relay: it can no longer commit its transaction.
     with pytest.raises(confluent_kafka.KafkaException):
         zombie.commit_transaction(10)
+
+
+async def test_rows_committed_while_the_backlog_is_counted_count_against_its_bound(
+    settings: Settings, prepared: psycopg.Connection[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count of pending rows that starts before a commit and ends after it does not lower the estimate."""
+    insert(prepared, settings, 2)
+    assert store.try_lead(prepared), "this test holds the lead: the relay only counts, it publishes nothing"
+    metrics = Metrics()
+    writer = OutboxWriter(
+        settings.database_url, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
+        max_pending=1000, write_timeout=5, on_commit=lambda: None,
+    )
+    relay = Relay(
+        settings.database_url, profile_producer_config(settings, "transaction"), writer, metrics,
+        transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
+        batch_size=100, poll_interval=0.1, kafka_timeout=10, retention=dt.timedelta(days=1),
+    )
+    count = store.backlog
+    counts: list[store.Backlog] = []
+
+    def count_then_a_commit(conn: psycopg.Connection[object]) -> store.Backlog:
+        backlog = count(conn)
+        if not counts:  # the first count: one more row commits before its answer is used
+            entry = store.OutboxEntry(uuid.uuid4(), settings.transaction.topic, b"user", b"{}", [], None, b"")
+            trio.from_thread.run(writer.write, [entry])
+        counts.append(backlog)
+        return backlog
+
+    monkeypatch.setattr(store, "backlog", count_then_a_commit)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await nursery.start(relay.run)
+        with trio.fail_after(30):
+            while writer.pending_estimate < 2:  # 1 after the commit, then the relay's estimate
+                await trio.sleep(0.01)
+        estimate = writer.pending_estimate
+        nursery.cancel_scope.cancel()
+    assert counts[0].pending == 2, "the first count missed the row committed during it"
+    assert estimate == 3, "the committed row is in the estimate all the same"
