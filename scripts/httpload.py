@@ -89,30 +89,48 @@ class Connection:
 
 
 class Pool:
-    """Keep-alive connections to one address: a request takes an idle one, or opens one when none is idle."""
+    """Keep-alive connections to one address: a request takes an idle one, or opens one when none is idle.
 
-    def __init__(self, host: str, port: int) -> None:
+    A connection the server has closed, or idle for ``max_idle`` seconds, is closed rather than
+    reused: a server closes idle connections after its keep-alive timeout (hypercorn's default
+    is 5 s), and a request sent on one it is closing fails with an outcome the client cannot
+    know. Below every common default, the pool does not send on such a connection, so it does
+    not have to guess whether to send again.
+    """
+
+    def __init__(self, host: str, port: int, max_idle: float = 4.0) -> None:
         self.host = host
         self.port = port
-        self._idle: list[Connection] = []
+        self.max_idle = max_idle
+        self._idle: list[tuple[Connection, float]] = []  # with the time each went idle
+
+    async def _take(self) -> Connection:
+        now = trio.current_time()
+        while self._idle:
+            connection, since = self._idle.pop()
+            # Readable while idle: the server closed it (or sent what no request asked for).
+            if now - since < self.max_idle and not connection.stream.socket.is_readable():
+                return connection
+            await trio.aclose_forcefully(connection.stream)
+        return Connection(await trio.open_tcp_stream(self.host, self.port))
 
     async def exchange(self, request: bytes) -> Reply:
         """Send ``request`` and read its answer; a connection that fails (or is cancelled) is closed."""
-        connection = self._idle.pop() if self._idle else Connection(await trio.open_tcp_stream(self.host, self.port))
+        connection = await self._take()
         try:
             reply = await connection.exchange(request)
         except BaseException:
             await trio.aclose_forcefully(connection.stream)
             raise
         if connection.reusable:
-            self._idle.append(connection)
+            self._idle.append((connection, trio.current_time()))
         else:
             await connection.stream.aclose()
         return reply
 
     async def aclose(self) -> None:
         while self._idle:
-            await self._idle.pop().stream.aclose()
+            await self._idle.pop()[0].stream.aclose()
 
 
 async def open_loop(host: str, port: int, request: bytes, rate: float, seconds: float) -> list[Answer]:

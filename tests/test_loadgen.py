@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from app.runtime import Runtime
 from scripts import loadgen
-from scripts.httpload import send_times
+from scripts.httpload import Pool, request_bytes, send_times
 from tests.conftest import Infra
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +185,43 @@ async def test_timeouts_and_refused_connections_are_counted(nursery: trio.Nurser
         unused = closed.getsockname()[1]
     results, _ = await loadgen.run_load(_plan(unused, rate=50.0, requests=3))
     assert list(results.status) == [loadgen.FAILED] * 3
+
+
+async def test_the_pool_does_not_reuse_a_connection_the_server_may_be_closing(nursery: trio.Nursery) -> None:
+    """A server with a 1 s keep-alive timeout: the pool sends on no connection it may be closing."""
+    opened = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal opened
+        opened += 1
+        while True:
+            request = b""
+            with trio.move_on_after(1.0):
+                request = await stream.receive_some(65536)
+            if not request:  # idle past the keep-alive timeout, or closed by the client
+                await stream.aclose()
+                return
+            await stream.send_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port = int(listeners[0].socket.getsockname()[1])
+    request = request_bytes(f"127.0.0.1:{port}", "/", b"{}")
+
+    pool = Pool("127.0.0.1", port, max_idle=0.3)
+    assert (await pool.exchange(request)).status == 202
+    assert (await pool.exchange(request)).status == 202, "reused while fresh"
+    assert opened == 1
+    await trio.sleep(0.4)
+    assert (await pool.exchange(request)).status == 202, "idle past max_idle: a new one, the server's still open"
+    assert opened == 2
+    await pool.aclose()
+
+    closed = Pool("127.0.0.1", port, max_idle=10.0)  # only the server's close tells it
+    assert (await closed.exchange(request)).status == 202
+    await trio.sleep(1.3)
+    assert (await closed.exchange(request)).status == 202, "closed by the server: a new one"
+    assert opened == 4
+    await closed.aclose()
 
 
 # -- whole runs against the gateway, read back from Kafka --------------------------------
