@@ -105,10 +105,14 @@ class TransactionalPublisher:
 
             return report
 
+        deadline = time.monotonic() + timeout
         try:
             self._producer.begin_transaction()
             for record in records:
-                self._produce(record.topic, record.key, record.value, record.headers, delivered(record.outbox_id))
+                produce_within(
+                    self._producer, deadline,
+                    record.topic, record.key, record.value, record.headers, delivered(record.outbox_id),
+                )
             remaining = self._producer.flush(timeout)
             if remaining or failures or len(positions) != len(records):
                 raise PublishFailed(
@@ -117,7 +121,8 @@ class TransactionalPublisher:
                     else "delivery reports missing"
                 )
             rows = [(record.outbox_id, *positions[record.outbox_id]) for record in records]
-            self._produce(self._checkpoint_topic, CHECKPOINT_KEY, _encode_checkpoint(Checkpoint(rows)), [], None)
+            checkpoint = _encode_checkpoint(Checkpoint(rows))
+            produce_within(self._producer, deadline, self._checkpoint_topic, CHECKPOINT_KEY, checkpoint, [], None)
             self._producer.commit_transaction(timeout)
         except confluent_kafka.KafkaException as error:
             self._abort()
@@ -130,14 +135,6 @@ class TransactionalPublisher:
             self._abort()
             raise
         return rows
-
-    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], callback: Any) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=callback)  # type: ignore[arg-type]
-                return
-            except BufferError:
-                self._producer.poll(0.05)
 
     def _abort(self) -> None:
         try:
@@ -191,6 +188,21 @@ class TransactionalPublisher:
                 last = message.value()
             if message.offset() >= end - 1:
                 return last
+
+
+def produce_within(
+    producer: Any, deadline: float,
+    topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], callback: Any,
+) -> None:
+    """Produce one record, waiting while librdkafka's queue is full until ``deadline`` (monotonic). Blocking."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers, on_delivery=callback)
+            return
+        except BufferError:
+            if time.monotonic() >= deadline:
+                raise PublishFailed("the producer's queue stayed full until the timeout") from None
+            producer.poll(0.05)
 
 
 def watermarks(consumer: Any, partition: Any, timeout: float, *, retry_every: float = 0.1) -> tuple[int, int]:

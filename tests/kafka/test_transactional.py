@@ -1,13 +1,15 @@
-"""The relay publisher's reading of its checkpoint partition (pure logic: the consumer is a fake)."""
+"""The relay publisher's reading of its checkpoint partition and its wait on a full queue (pure logic:
+the consumer and the producer are fakes)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import confluent_kafka
 import pytest
 
-from app.kafka.transactional import watermarks
+from app.kafka.transactional import PublishFailed, produce_within, watermarks
 
 PARTITION = confluent_kafka.TopicPartition("outbox-relay-checkpoints", 0)
 
@@ -40,3 +42,34 @@ def test_other_errors_and_a_leader_that_never_comes_are_raised() -> None:
     with pytest.raises(confluent_kafka.KafkaException):
         watermarks(endless, PARTITION, 0.2, retry_every=0.01)
     assert 5 < endless.asked < 1000
+
+
+class Producer:
+    """Refuses ``full`` produce calls with BufferError (librdkafka's queue is full), then takes them."""
+
+    def __init__(self, full: int) -> None:
+        self.full = full
+        self.produced: list[tuple[str, bytes]] = []
+        self.polls = 0
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, headers: Any, on_delivery: Any) -> None:
+        if self.full:
+            self.full -= 1
+            raise BufferError("Local: Queue full")
+        self.produced.append((topic, value))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def test_a_full_queue_is_waited_on_until_the_deadline_and_no_longer() -> None:
+    producer = Producer(full=3)
+    produce_within(producer, time.monotonic() + 5, "t", b"k", b"v", [], None)
+    assert producer.produced == [("t", b"v")] and producer.polls == 3, "delivery reports were served meanwhile"
+
+    stuck = Producer(full=10**6)
+    started = time.monotonic()
+    with pytest.raises(PublishFailed, match="queue stayed full"):
+        produce_within(stuck, started + 0.2, "t", b"k", b"v", [], None)
+    assert time.monotonic() - started < 2 and not stuck.produced
