@@ -131,6 +131,12 @@ def test_the_http_handler_form_maps_onto_a_log_event() -> None:
     assert decode_python_log(form(record("m", None, logging.CRITICAL + 10))).level == "FATAL"
 
 
+def test_numbers_int_cannot_read_stay_text() -> None:
+    fields = {"name": "svc", "msg": "m", "lineno": "²", "process": "٣"}  # a superscript digit; an Arabic-Indic three
+    event = decode_python_log(urllib.parse.urlencode(fields).encode())
+    assert event.attributes == {"lineno": "²", "process": 3}
+
+
 def test_a_form_without_a_logger_name_is_invalid() -> None:
     with pytest.raises(events.InvalidEvents):
         decode_python_log(b"msg=hello")

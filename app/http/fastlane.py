@@ -116,7 +116,7 @@ class FastLane:
         try:
             checked = routes.check(headers, batch=batch)
             length = headers.get("content-length")
-            check_length(int(length) if length is not None and length.isdigit() else None, self._max_bytes)
+            check_length(int(length) if length is not None and length.isascii() and length.isdigit() else None, self._max_bytes)
             body = await self._read(receive)
             body_read = True
             body = decode_content(body, headers.get("content-encoding"), self._max_bytes, self._max_decompressed)

@@ -126,7 +126,8 @@ def decode_python_log(body: bytes) -> events.LogIn:
     for name in _PYTHON_ATTRIBUTES:
         if name in fields:
             value = fields[name]
-            attributes[name] = int(value) if name in _PYTHON_INTEGERS and value.isdigit() else value
+            # isdecimal, not isdigit: "²" is a digit that int() refuses.
+            attributes[name] = int(value) if name in _PYTHON_INTEGERS and value.isdecimal() else value
     for name in ("exc_text", "stack_info"):
         if fields.get(name) not in (None, "", "None"):
             attributes[name] = fields[name]
