@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import math
 from importlib import resources
+from typing import Any
 
 import psycopg
 import trio
+from psycopg.conninfo import conninfo_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,38 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached or refused a statement."""
 
 
+def connect(url: str, *, timeout: float, statement_timeout: float, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection whose every wait is bounded. Blocking; raises DatabaseUnavailable.
+
+    ``timeout`` bounds connecting and every lock wait (``lock_timeout``); ``statement_timeout``
+    (0 for none) bounds each statement on the server. The URL's own ``options`` are kept. A
+    server gone silent (a dropped route, a host that died without closing) is noticed by TCP
+    keepalives within about 10 + 3 x 5 s while a query waits, and data it never acknowledges
+    breaks the connection after the user timeout: without them a query could wait for hours.
+    """
+    options = [str(conninfo_to_dict(url).get("options") or ""), f"-c lock_timeout={_ms(timeout)}"]
+    if statement_timeout > 0:
+        options.append(f"-c statement_timeout={_ms(statement_timeout)}")
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            connect_timeout=max(1, math.ceil(timeout)),
+            tcp_user_timeout=_ms(max(10.0, 2 * timeout)),
+            options=" ".join(o for o in options if o),
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+        )
+    except psycopg.Error as error:
+        raise DatabaseUnavailable(str(error).strip()) from None
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
 def migrations() -> list[tuple[str, str]]:
     """(version, sql) of every migration shipped with the package, in order."""
     folder = resources.files("app.db") / "sql"
@@ -32,10 +66,13 @@ def migrations() -> list[tuple[str, str]]:
 
 
 def apply_migrations(url: str, *, timeout: float) -> list[str]:
-    """Apply the migrations not yet applied; returns their versions. Blocking."""
+    """Apply the migrations not yet applied; returns their versions. Blocking.
+
+    Waiting for another instance's migration lock is bounded by ``timeout`` too: the caller retries.
+    """
     applied: list[str] = []
     try:
-        with psycopg.connect(url, connect_timeout=max(1, math.ceil(timeout)), autocommit=False) as conn:
+        with connect(url, timeout=timeout, statement_timeout=4 * timeout, autocommit=False) as conn:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 conn.execute(
@@ -57,7 +94,7 @@ def apply_migrations(url: str, *, timeout: float) -> list[str]:
 def ping(url: str, *, timeout: float) -> None:
     """Raise DatabaseUnavailable unless PostgreSQL answers a query. Blocking."""
     try:
-        with psycopg.connect(url, connect_timeout=max(1, math.ceil(timeout))) as conn:
+        with connect(url, timeout=timeout, statement_timeout=timeout) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
         raise DatabaseUnavailable(str(error).strip()) from None

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import psycopg
 
+from app.db import database
 from app.db.database import DatabaseUnavailable
 
 # The relay leader holds this session advisory lock; one per schema, so that several
@@ -92,11 +93,10 @@ RETURNING event_id
 """
 
 
-def connect(url: str, *, timeout: float) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout + 0.999)))
-    except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+def connect(url: str, *, timeout: float, statement_timeout: float | None = None) -> psycopg.Connection[Any]:
+    """An autocommit connection for the outbox; each statement and lock wait within ``timeout``
+    unless ``statement_timeout`` says otherwise (0: statements unbounded, for operators' commands)."""
+    return database.connect(url, timeout=timeout, statement_timeout=timeout if statement_timeout is None else statement_timeout)
 
 
 def commit_group(conn: psycopg.Connection[Any], requests: Sequence[Sequence[OutboxEntry]]) -> list[RequestResult]:

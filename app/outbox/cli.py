@@ -37,7 +37,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     try:
         apply_migrations(settings.database_url, timeout=settings.ready_timeout)
-        with store.connect(settings.database_url, timeout=settings.ready_timeout) as conn:
+        # An operator's replay may touch many rows: its statements are not cut short.
+        with store.connect(settings.database_url, timeout=settings.ready_timeout, statement_timeout=0) as conn:
             if args.outbox_command == "status":
                 print(json.dumps(store.summary(conn), indent=2))
             else:

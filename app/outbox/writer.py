@@ -166,5 +166,9 @@ class OutboxWriter:
                 self._reader = None
                 raise
 
-        with trio.fail_after(self._write_timeout * 2 if math.isfinite(self._write_timeout) else 10):
-            return await trio.to_thread.run_sync(look_up, limiter=self._reader_limiter)
+        deadline = self._write_timeout * 2 if math.isfinite(self._write_timeout) else 10
+        try:
+            with trio.fail_after(deadline):  # bounds the wait for the reader behind another lookup
+                return await trio.to_thread.run_sync(look_up, limiter=self._reader_limiter)
+        except trio.TooSlowError:
+            raise DatabaseUnavailable(f"no answer within {deadline:g}s") from None

@@ -1,13 +1,18 @@
-"""Migrations against the real PostgreSQL."""
+"""Migrations and the bounds on every wait, against the real PostgreSQL."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 import trio
 
-from app.db.database import DatabaseUnavailable, apply_migrations, migrations, ping
+from app.db import outbox as store
+from app.db.database import MIGRATION_LOCK, DatabaseUnavailable, apply_migrations, migrations, ping
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +47,40 @@ async def test_instances_starting_together_apply_each_migration_once(fresh_datab
 def test_unreachable_database_is_translated() -> None:
     with pytest.raises(DatabaseUnavailable):
         ping("postgresql://gateway:gateway@127.0.0.1:1/gateway", timeout=1)
+
+
+async def within(seconds: float, blocking: Callable[[], Any]) -> float:
+    """Run ``blocking`` in a thread; how long it took. A thread still waiting at ``seconds`` fails the test."""
+    started = time.monotonic()
+    with trio.fail_after(seconds):
+        await trio.to_thread.run_sync(blocking, abandon_on_cancel=True)
+    return time.monotonic() - started
+
+
+async def test_a_migration_lock_held_elsewhere_is_waited_for_only_within_the_timeout(fresh_database: str) -> None:
+    with psycopg.connect(fresh_database) as other:  # another instance, in the middle of its migration
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+
+        def migrate() -> None:
+            with pytest.raises(DatabaseUnavailable, match="lock timeout"):
+                apply_migrations(fresh_database, timeout=1)
+
+        assert await within(20, migrate) < 5
+    assert apply_migrations(fresh_database, timeout=5) == [version for version, _ in migrations()], "then it goes on"
+
+
+async def test_an_outbox_statement_waits_on_a_lock_only_within_the_timeout(fresh_database: str) -> None:
+    apply_migrations(fresh_database, timeout=5)
+    conn = store.connect(fresh_database, timeout=1)
+    with conn:
+        search_path, statement_timeout = conn.execute("SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()  # type: ignore[misc]
+        assert search_path.startswith("test_") and statement_timeout == "1s", "the URL's options are kept"
+        entry = store.OutboxEntry(uuid.uuid4(), "t", b"k", b"{}", [], "held-key", b"{}")
+        with psycopg.connect(fresh_database) as other:
+            other.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")  # held until this block ends
+
+            def commit() -> None:  # the lock or the statement timeout, whichever the server sees first
+                with pytest.raises(DatabaseUnavailable, match="(lock|statement) timeout"):
+                    store.commit_group(conn, [[entry]])
+
+            assert await within(20, commit) < 5
