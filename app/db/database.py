@@ -68,11 +68,12 @@ def migrations() -> list[tuple[str, str]]:
 def apply_migrations(url: str, *, timeout: float) -> list[str]:
     """Apply the migrations not yet applied; returns their versions. Blocking.
 
-    Waiting for another instance's migration lock is bounded by ``timeout`` too: the caller retries.
+    Waiting for another instance's migration lock (or any lock) is bounded by ``timeout``: the
+    caller retries. The statements themselves are not: a migration of a large table may take long.
     """
     applied: list[str] = []
     try:
-        with connect(url, timeout=timeout, statement_timeout=4 * timeout, autocommit=False) as conn:
+        with connect(url, timeout=timeout, statement_timeout=0, autocommit=False) as conn:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 conn.execute(
