@@ -8,6 +8,7 @@ profile's prefix (``APPLICATION_``, ``INFRASTRUCTURE_``, ``TRANSACTION_``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -277,3 +278,20 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"LOG_FORMAT must be json or text, not {settings.log_format!r}")
     if settings.topic_partitions < 1:
         raise SettingsError("TOPIC_PARTITIONS must be at least 1")
+    # Every wait has a deadline: none of these may be infinite (or NaN), and most not zero.
+    for name in _POSITIVE_SECONDS:
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value > 0):
+            raise SettingsError(f"{name.upper()} must be a positive number of seconds, not {value!r}")
+    for name in ("graceful_timeout", "flush_timeout"):
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise SettingsError(f"{name.upper()} must be a number of seconds, not {value!r}")
+    if settings.ready_timeout > 300:  # librdkafka's socket.timeout.ms stops at 300,000
+        raise SettingsError("READY_TIMEOUT cannot exceed 300 seconds")
+
+
+_POSITIVE_SECONDS = (
+    "upstream_timeout", "upstream_connect_timeout", "outbox_write_timeout", "outbox_poll_interval",
+    "outbox_kafka_timeout", "breaker_open_seconds", "ready_timeout",
+)

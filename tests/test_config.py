@@ -48,6 +48,11 @@ def test_environment_overrides_top_level_and_profile_fields() -> None:
         {"TRANSACTION_IDEMPOTENCE": "maybe"},
         {"APPLICATION_BUFFER_EVENTS": "0"},
         {"MAX_EVENT_BYTES": "100", "MAX_REQUEST_BYTES": "10"},
+        {"OUTBOX_WRITE_TIMEOUT": "inf"},
+        {"UPSTREAM_TIMEOUT": "nan"},
+        {"OUTBOX_POLL_INTERVAL": "0"},
+        {"FLUSH_TIMEOUT": "-1"},
+        {"READY_TIMEOUT": "301"},
     ],
 )
 def test_invalid_values_are_refused_with_the_variable_named(env: dict[str, str]) -> None:

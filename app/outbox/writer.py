@@ -10,7 +10,6 @@ unreachable database is answered at once, never by waiting longer.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,7 +165,7 @@ class OutboxWriter:
                 self._reader = None
                 raise
 
-        deadline = self._write_timeout * 2 if math.isfinite(self._write_timeout) else 10
+        deadline = self._write_timeout * 2  # finite: the settings refuse any other
         try:
             with trio.fail_after(deadline):  # bounds the wait for the reader behind another lookup
                 return await trio.to_thread.run_sync(look_up, limiter=self._reader_limiter)
