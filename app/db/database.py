@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from importlib import resources
 from typing import Any
 
@@ -30,27 +31,34 @@ def connect(url: str, *, timeout: float, statement_timeout: float, autocommit: b
     """A connection whose every wait is bounded. Blocking; raises DatabaseUnavailable.
 
     ``timeout`` bounds connecting and every lock wait (``lock_timeout``); ``statement_timeout``
-    (0 for none) bounds each statement on the server. The URL's own ``options`` are kept. A
-    server gone silent (a dropped route, a host that died without closing) is noticed by TCP
-    keepalives within about 10 + 3 x 5 s while a query waits, and data it never acknowledges
-    breaks the connection after the user timeout: without them a query could wait for hours.
+    (0 for none) bounds each statement on the server. Both are added to the options the URL (or
+    else ``PGOPTIONS``) gives, and win over the same settings there.
+
+    A server gone silent (a dropped route, a host that died without closing) breaks the
+    connection instead of holding a query for hours: TCP keepalives probe an idle connection
+    after 10 s, and the user timeout (at least 10 s) drops one whose probes or data go
+    unanswered. Keepalive settings the URL gives are kept.
     """
-    options = [str(conninfo_to_dict(url).get("options") or ""), f"-c lock_timeout={_ms(timeout)}"]
-    if statement_timeout > 0:
-        options.append(f"-c statement_timeout={_ms(statement_timeout)}")
     try:
+        given = conninfo_to_dict(url)
+        options = [str(given.get("options") or os.environ.get("PGOPTIONS", "")), f"-c lock_timeout={_ms(timeout)}"]
+        if statement_timeout > 0:
+            options.append(f"-c statement_timeout={_ms(statement_timeout)}")
+        defaults: dict[str, Any] = {
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": _ms(max(10.0, 2 * timeout)),
+        }
         return psycopg.connect(
             url,
             autocommit=autocommit,
             connect_timeout=max(1, math.ceil(timeout)),
-            tcp_user_timeout=_ms(max(10.0, 2 * timeout)),
             options=" ".join(o for o in options if o),
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
+            **{name: value for name, value in defaults.items() if name not in given},
         )
-    except psycopg.Error as error:
+    except psycopg.Error as error:  # a malformed URL included
         raise DatabaseUnavailable(str(error).strip()) from None
 
 

@@ -36,7 +36,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print("DATABASE_URL is not set", file=sys.stderr)
         return 2
     try:
-        apply_migrations(settings.database_url, timeout=settings.ready_timeout)
+        # A gateway may be migrating right now: its lock is waited for a while, not READY_TIMEOUT.
+        apply_migrations(settings.database_url, timeout=max(settings.ready_timeout, 30.0))
         # An operator's replay may touch many rows: its statements are not cut short.
         with store.connect(settings.database_url, timeout=settings.ready_timeout, statement_timeout=0) as conn:
             if args.outbox_command == "status":

@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from app.db import outbox as store
-from app.db.database import MIGRATION_LOCK, DatabaseUnavailable, apply_migrations, migrations, ping
+from app.db.database import MIGRATION_LOCK, DatabaseUnavailable, apply_migrations, connect, migrations, ping
+from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +85,16 @@ async def test_an_outbox_statement_waits_on_a_lock_only_within_the_timeout(fresh
                     store.commit_group(conn, [[entry]])
 
             assert await within(20, commit) < 5
+
+
+def test_a_malformed_url_is_translated() -> None:
+    with pytest.raises(DatabaseUnavailable, match="schema"):
+        connect("postgresql://gateway@127.0.0.1/gateway?schema=x", timeout=1, statement_timeout=1)
+
+
+def test_pgoptions_is_kept_when_the_url_gives_no_options(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "options=" not in infra.database_url
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=7MB")
+    with connect(infra.database_url, timeout=2, statement_timeout=3) as conn:
+        row = conn.execute("SELECT current_setting('work_mem'), current_setting('statement_timeout')").fetchone()
+    assert row == ("7MB", "3s")
