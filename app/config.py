@@ -248,8 +248,8 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{name.upper()}_BUFFER_EVENTS and _BUFFER_BYTES must be positive")
         if profile.compression not in {"none", "gzip", "snappy", "lz4", "zstd"}:
             raise SettingsError(f"{name.upper()}_COMPRESSION {profile.compression!r} is unknown")
-        if profile.rate_limit < 0:
-            raise SettingsError(f"{name.upper()}_RATE_LIMIT cannot be negative")
+        if not (math.isfinite(profile.rate_limit) and profile.rate_limit >= 0):
+            raise SettingsError(f"{name.upper()}_RATE_LIMIT must be a non-negative number, not {profile.rate_limit!r}")
     if settings.max_event_bytes > settings.max_request_bytes:
         raise SettingsError("MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES")
     unknown = settings.role_set() - set(ROLES)
@@ -262,8 +262,10 @@ def _validate(settings: Settings) -> None:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in {"http", "https"} or not parts.hostname:
                 raise SettingsError(f"{shipper.upper()}_URLS: {url!r} is not an http(s) base URL")
-    if settings.collector_interval < 0 or settings.metrics_rate < 0:
-        raise SettingsError("COLLECTOR_INTERVAL and METRICS_RATE cannot be negative")
+    for name in ("collector_interval", "metrics_rate", "outbox_retention_hours"):
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise SettingsError(f"{name.upper()} must be a non-negative number, not {value!r}")
     if settings.kafka_security_protocol.upper() not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
         raise SettingsError("KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     if settings.kafka_sasl_mechanism and settings.kafka_sasl_mechanism.upper() not in {
@@ -286,7 +288,7 @@ def _validate(settings: Settings) -> None:
     for name in ("graceful_timeout", "flush_timeout"):
         value = getattr(settings, name)
         if not (math.isfinite(value) and value >= 0):
-            raise SettingsError(f"{name.upper()} must be a number of seconds, not {value!r}")
+            raise SettingsError(f"{name.upper()} must be a non-negative number of seconds, not {value!r}")
     if settings.ready_timeout > 300:  # librdkafka's socket.timeout.ms stops at 300,000
         raise SettingsError("READY_TIMEOUT cannot exceed 300 seconds")
 
