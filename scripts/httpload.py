@@ -94,8 +94,8 @@ class Pool:
     A connection the server has closed, or idle for ``max_idle`` seconds, is closed rather than
     reused: a server closes idle connections after its keep-alive timeout (hypercorn's default
     is 5 s), and a request sent on one it is closing fails with an outcome the client cannot
-    know. Below every common default, the pool does not send on such a connection, so it does
-    not have to guess whether to send again.
+    know. Below hypercorn's default (the gateway's own listeners keep 75 s), the pool does not
+    send on such a connection, so it does not have to guess whether to send again.
     """
 
     def __init__(self, host: str, port: int, max_idle: float = 4.0) -> None:

@@ -113,7 +113,7 @@ class TransactionalPublisher:
                     self._producer, deadline,
                     record.topic, record.key, record.value, record.headers, delivered(record.outbox_id),
                 )
-            remaining = self._producer.flush(timeout)
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))  # the rest of the timeout
             if remaining or failures or len(positions) != len(records):
                 raise PublishFailed(
                     f"{remaining} records undelivered, failures: {[str(f) for f in failures[:3]]}"

@@ -267,7 +267,8 @@ async def test_protobuf_answers_partial_success_and_status_errors(gateway: Runti
 
 @pytest.fixture
 async def limited(settings: Settings) -> AsyncIterator[Runtime]:
-    """A gateway holding 5 application tokens, refilled one every 2 s (so no pace refills one here), 5 to a batch."""
+    """A gateway holding 5 application tokens, refilled one every 2 s, 5 to a batch: the second batch
+    of 4 would need 6 s of refill, far more than the test takes."""
     limits = dataclasses.replace(
         settings,
         application=dataclasses.replace(settings.application, rate_limit=0.5),
