@@ -166,6 +166,27 @@ class Pool:
             raise ConnectFailed(repr(error)) from None
         return Connection(stream, tcp.socket)
 
+    async def prune(self) -> int:
+        """Close the idle connections past their expiry or closed by the other side; how many.
+
+        Taking a connection checks only those above it, so without this the ones below, and those
+        to addresses no longer resolved, would stay open (in CLOSE_WAIT once the server closes).
+        """
+        stale: list[Connection] = []
+        for origin in list(self._idle):  # no checkpoint until the lists are settled
+            idle = self._idle[origin]
+            usable = [connection.usable(self._expiry) for connection in idle]
+            stale += [connection for connection, ok in zip(idle, usable) if not ok]
+            idle[:] = [connection for connection, ok in zip(idle, usable) if ok]
+            if not idle:
+                del self._idle[origin]
+        for connection in stale:
+            await trio.aclose_forcefully(connection.stream)
+        return len(stale)
+
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for connection in idle:

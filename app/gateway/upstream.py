@@ -101,6 +101,7 @@ class Upstream:
             while True:
                 await trio.sleep(RESOLVE_EVERY_SECONDS)
                 await self.resolve()
+                await self._pool.prune()
         finally:
             with trio.CancelScope(shield=True):
                 await self._pool.aclose()

@@ -1,0 +1,83 @@
+"""The gateway's upstream connection pool against a local HTTP server on real sockets (no Kafka)."""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+
+import trio
+
+from app.gateway.client import Origin, Pool
+
+HEADERS = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"2")]
+
+
+async def server(nursery: trio.Nursery, closed: list[int], idle_timeout: float) -> int:
+    """Answers each request after 0.1 s, keeps connections alive, closes one idle for ``idle_timeout``.
+
+    ``closed`` gets a 1 for every connection that ended, by either side.
+    """
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buffer = b""
+        try:
+            while True:
+                with trio.move_on_after(idle_timeout) as idle:
+                    while b"\r\n\r\n" not in buffer:
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            return
+                        buffer += chunk
+                if idle.cancelled_caught:
+                    return
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                while len(buffer) < length:
+                    buffer += await stream.receive_some(65536)
+                buffer = buffer[length:]
+                await trio.sleep(0.1)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        except trio.BrokenResourceError:
+            return
+        finally:
+            closed.append(1)
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def two_idle_connections(pool: Pool, origin: Origin) -> None:
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):  # at once: each takes a connection of its own
+            nursery.start_soon(partial(pool.request, origin, b"POST", b"/x", HEADERS, b"{}"))
+    assert pool.idle_count() == 2
+
+
+async def test_prune_closes_connections_past_their_expiry(nursery: trio.Nursery) -> None:
+    closed: list[int] = []
+    port = await server(nursery, closed, idle_timeout=60)
+    origin = Origin("http", "127.0.0.1", port, "127.0.0.1")
+    pool = Pool(max_connections=4, connect_timeout=1, timeout=5, keepalive_expiry=1.0)
+    await two_idle_connections(pool, origin)
+    assert await pool.prune() == 0, "both are fresh"
+    await trio.sleep(1.3)
+    assert await pool.prune() == 2 and pool.idle_count() == 0
+    with trio.fail_after(5):
+        while len(closed) < 2:  # the server sees both go
+            await trio.sleep(0.01)
+    await pool.aclose()
+
+
+async def test_prune_closes_connections_the_server_closed(nursery: trio.Nursery) -> None:
+    closed: list[int] = []
+    port = await server(nursery, closed, idle_timeout=0.2)
+    origin = Origin("http", "127.0.0.1", port, "127.0.0.1")
+    pool = Pool(max_connections=4, connect_timeout=1, timeout=5, keepalive_expiry=60)
+    await two_idle_connections(pool, origin)
+    with trio.fail_after(5):
+        while len(closed) < 2:
+            await trio.sleep(0.01)
+    await trio.sleep(0.05)  # the FIN reaches the client's sockets
+    assert await pool.prune() == 2 and pool.idle_count() == 0, "no socket left in CLOSE_WAIT"
+    await pool.aclose()
