@@ -262,10 +262,6 @@ def _validate(settings: Settings) -> None:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in {"http", "https"} or not parts.hostname:
                 raise SettingsError(f"{shipper.upper()}_URLS: {url!r} is not an http(s) base URL")
-    for name in ("collector_interval", "metrics_rate", "outbox_retention_hours"):
-        value = getattr(settings, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise SettingsError(f"{name.upper()} must be a non-negative number, not {value!r}")
     if settings.kafka_security_protocol.upper() not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
         raise SettingsError("KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     if settings.kafka_sasl_mechanism and settings.kafka_sasl_mechanism.upper() not in {
@@ -280,20 +276,18 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"LOG_FORMAT must be json or text, not {settings.log_format!r}")
     if settings.topic_partitions < 1:
         raise SettingsError("TOPIC_PARTITIONS must be at least 1")
-    # Every wait has a deadline: none of these may be infinite (or NaN), and most not zero.
-    for name in _POSITIVE_SECONDS:
-        value = getattr(settings, name)
-        if not (math.isfinite(value) and value > 0):
-            raise SettingsError(f"{name.upper()} must be a positive number of seconds, not {value!r}")
-    for name in ("graceful_timeout", "flush_timeout"):
-        value = getattr(settings, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise SettingsError(f"{name.upper()} must be a non-negative number of seconds, not {value!r}")
+    # Every wait has a deadline: none of these may be infinite or NaN, and the timeouts not zero.
+    for name in (*_POSITIVE, *_NON_NEGATIVE):
+        value, positive = getattr(settings, name), name in _POSITIVE
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            least = "positive" if positive else "non-negative"
+            raise SettingsError(f"{name.upper()} must be a {least} number, not {value!r}")
     if settings.ready_timeout > 300:  # librdkafka's socket.timeout.ms stops at 300,000
         raise SettingsError("READY_TIMEOUT cannot exceed 300 seconds")
 
 
-_POSITIVE_SECONDS = (
+_POSITIVE = (
     "upstream_timeout", "upstream_connect_timeout", "outbox_write_timeout", "outbox_poll_interval",
     "outbox_kafka_timeout", "breaker_open_seconds", "ready_timeout",
 )
+_NON_NEGATIVE = ("graceful_timeout", "flush_timeout", "collector_interval", "metrics_rate", "outbox_retention_hours")

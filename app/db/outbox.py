@@ -96,7 +96,8 @@ RETURNING event_id
 def connect(url: str, *, timeout: float, statement_timeout: float | None = None) -> psycopg.Connection[Any]:
     """An autocommit connection for the outbox; each statement and lock wait within ``timeout``
     unless ``statement_timeout`` says otherwise (0: statements unbounded, for operators' commands)."""
-    return database.connect(url, timeout=timeout, statement_timeout=timeout if statement_timeout is None else statement_timeout)
+    statement = timeout if statement_timeout is None else statement_timeout
+    return database.connect(url, timeout=timeout, statement_timeout=statement)
 
 
 def commit_group(conn: psycopg.Connection[Any], requests: Sequence[Sequence[OutboxEntry]]) -> list[RequestResult]:

@@ -47,37 +47,39 @@ async def server(nursery: trio.Nursery, closed: list[int], idle_timeout: float) 
     return int(listeners[0].socket.getsockname()[1])
 
 
-async def two_idle_connections(pool: Pool, origin: Origin) -> None:
-    async with trio.open_nursery() as nursery:
+async def pool_with_two_idle(
+    nursery: trio.Nursery, *, server_idle_timeout: float, expiry: float
+) -> tuple[Pool, list[int]]:
+    """A pool holding two idle connections to a fresh server; the server's list of ended connections."""
+    closed: list[int] = []
+    port = await server(nursery, closed, idle_timeout=server_idle_timeout)
+    origin = Origin("http", "127.0.0.1", port, "127.0.0.1")
+    pool = Pool(max_connections=4, connect_timeout=1, timeout=5, keepalive_expiry=expiry)
+    async with trio.open_nursery() as requests:
         for _ in range(2):  # at once: each takes a connection of its own
-            nursery.start_soon(partial(pool.request, origin, b"POST", b"/x", HEADERS, b"{}"))
+            requests.start_soon(partial(pool.request, origin, b"POST", b"/x", HEADERS, b"{}"))
     assert pool.idle_count() == 2
+    return pool, closed
+
+
+async def until_both_ended(closed: list[int]) -> None:
+    with trio.fail_after(5):
+        while len(closed) < 2:
+            await trio.sleep(0.01)
 
 
 async def test_prune_closes_connections_past_their_expiry(nursery: trio.Nursery) -> None:
-    closed: list[int] = []
-    port = await server(nursery, closed, idle_timeout=60)
-    origin = Origin("http", "127.0.0.1", port, "127.0.0.1")
-    pool = Pool(max_connections=4, connect_timeout=1, timeout=5, keepalive_expiry=1.0)
-    await two_idle_connections(pool, origin)
+    pool, closed = await pool_with_two_idle(nursery, server_idle_timeout=60, expiry=1.0)
     assert await pool.prune() == 0, "both are fresh"
     await trio.sleep(1.3)
     assert await pool.prune() == 2 and pool.idle_count() == 0
-    with trio.fail_after(5):
-        while len(closed) < 2:  # the server sees both go
-            await trio.sleep(0.01)
+    await until_both_ended(closed)  # the server sees both go
     await pool.aclose()
 
 
 async def test_prune_closes_connections_the_server_closed(nursery: trio.Nursery) -> None:
-    closed: list[int] = []
-    port = await server(nursery, closed, idle_timeout=0.2)
-    origin = Origin("http", "127.0.0.1", port, "127.0.0.1")
-    pool = Pool(max_connections=4, connect_timeout=1, timeout=5, keepalive_expiry=60)
-    await two_idle_connections(pool, origin)
-    with trio.fail_after(5):
-        while len(closed) < 2:
-            await trio.sleep(0.01)
+    pool, closed = await pool_with_two_idle(nursery, server_idle_timeout=0.2, expiry=60)
+    await until_both_ended(closed)
     await trio.sleep(0.05)  # the FIN reaches the client's sockets
     assert await pool.prune() == 2 and pool.idle_count() == 0, "no socket left in CLOSE_WAIT"
     await pool.aclose()

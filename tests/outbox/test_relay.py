@@ -65,8 +65,7 @@ def records_of(rows: list[store.PendingRow]) -> list[OutgoingRecord]:
     return [OutgoingRecord(r.id, r.topic, r.key, r.payload, r.headers) for r in rows]
 
 
-async def run_relay_until_published(settings: Settings, conn: psycopg.Connection[object]) -> Metrics:
-    metrics = Metrics()
+def writer_and_relay(settings: Settings, metrics: Metrics) -> tuple[OutboxWriter, Relay]:
     writer = OutboxWriter(
         settings.database_url, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
         max_pending=1000, write_timeout=5, on_commit=lambda: None,
@@ -76,6 +75,12 @@ async def run_relay_until_published(settings: Settings, conn: psycopg.Connection
         transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
         batch_size=100, poll_interval=0.1, kafka_timeout=10, retention=dt.timedelta(days=1),
     )
+    return writer, relay
+
+
+async def run_relay_until_published(settings: Settings, conn: psycopg.Connection[object]) -> Metrics:
+    metrics = Metrics()
+    writer, relay = writer_and_relay(settings, metrics)
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.run)
         with trio.fail_after(60):
@@ -145,15 +150,7 @@ async def test_rows_committed_while_the_backlog_is_counted_count_against_its_bou
     insert(prepared, settings, 2)
     assert store.try_lead(prepared), "this test holds the lead: the relay only counts, it publishes nothing"
     metrics = Metrics()
-    writer = OutboxWriter(
-        settings.database_url, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
-        max_pending=1000, write_timeout=5, on_commit=lambda: None,
-    )
-    relay = Relay(
-        settings.database_url, profile_producer_config(settings, "transaction"), writer, metrics,
-        transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
-        batch_size=100, poll_interval=0.1, kafka_timeout=10, retention=dt.timedelta(days=1),
-    )
+    writer, relay = writer_and_relay(settings, metrics)
     count = store.backlog
     counts: list[store.Backlog] = []
 
