@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 
 from app.auth import ApiKey, ApiKeys, Unauthorized
-from app.http.errors import HTTPError
+from app.core import Refusal
 from app.observability.metrics import Metrics
 from app.ratelimit import TokenBucket, take_all
 
@@ -39,7 +39,7 @@ class Admission:
         try:
             return self._keys.authenticate(authorization)
         except Unauthorized as error:
-            raise HTTPError(
+            raise Refusal(
                 401, "unauthorized", str(error), headers={"WWW-Authenticate": 'Bearer realm="kafka-log-gateway"'}
             ) from None
 
@@ -49,7 +49,7 @@ class Admission:
         wait = take_all(buckets, count)
         if wait:
             self._metrics.throttled.labels(self.service).inc(count)
-            raise HTTPError(
+            raise Refusal(
                 429,
                 "rate limited",
                 f"{count} events exceed the {self.service} rate limit (or this API key's quota); retry later",

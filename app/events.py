@@ -117,6 +117,8 @@ def _decode_one(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         return decoder.decode(body)
     except RecursionError:
         raise InvalidEvents([{"message": TOO_DEEP}]) from None
+    except UnicodeDecodeError as error:
+        raise InvalidJSON(f"the JSON is not valid UTF-8: {error}") from None
     except msgspec.DecodeError as error:
         _classify(body, error)
         raise InvalidEvents([{"message": str(error)}]) from None
@@ -147,6 +149,8 @@ def _decode_items(
                 errors.append(_schema_error(index, error))
         except msgspec.DecodeError as error:
             raise InvalidJSON(f"event {index}: {error}") from None
+        except UnicodeDecodeError as error:
+            raise InvalidJSON(f"event {index} is not valid UTF-8: {error}") from None
     return events, errors
 
 
@@ -162,7 +166,7 @@ def _fast(decode: Callable[[], list[T]], max_events: int) -> list[T] | None:
     (something is invalid, or the count is out of bounds) to be refused with every reason."""
     try:
         decoded = decode()
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     return decoded if 0 < len(decoded) <= max_events else None
 

@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from app import events
-from app.kafka.producer import Headers
+from app.core import Headers
 
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
@@ -79,7 +79,7 @@ def decode(body: bytes, media_type: str, message: M) -> M:
             _ids_to_base64(document)
             # Unknown fields are ignored, as the OTLP JSON mapping asks of receivers.
             json_format.ParseDict(document, message, ignore_unknown_fields=True)
-    except (DecodeError, json_format.ParseError, msgspec.DecodeError, RecursionError) as error:
+    except (DecodeError, json_format.ParseError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as error:
         raise InvalidExport(str(error) or type(error).__name__) from None
     return message
 

@@ -14,7 +14,6 @@ the error and the original topic.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import time
@@ -27,7 +26,8 @@ import trio
 from app.breaker import BreakerState, CircuitBreaker
 from app.config import ProfileSettings
 from app.kafka.errors import KafkaUnavailable
-from app.kafka.producer import Deliveries, Failure, KafkaProducer, Record
+from app.core import Outcome, Record
+from app.kafka.producer import Deliveries, Failure, KafkaProducer
 from app.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,6 @@ PERMANENT_ERRORS = frozenset(
 # The producer's own failures after a fatal error, not Kafka's verdict: the replacement producer
 # sends these records again (to their topic, not to the dead-letter topic).
 RESEND_ERRORS = frozenset({"_PURGE_QUEUE", "_FATAL"})
-
-
-class Outcome(enum.Enum):
-    ACCEPTED = "accepted"
-    FULL = "full"
-    UNAVAILABLE = "unavailable"
-    CLOSED = "closed"
 
 
 @dataclass(slots=True)

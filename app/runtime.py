@@ -17,24 +17,24 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from dataclasses import dataclass, field
 from functools import partial
 
 import hypercorn.config
 import hypercorn.trio
 import trio
-from quart_trio import QuartTrio
 
 from app.admission import Admission
 from app.auth import ApiKeys, load_api_keys
 from app.breaker import CircuitBreaker
 from app.config import ROLES, Settings
+from app.core import NoTracer, Tracer
 from app.db.database import Database
-from app.gateway.app import Shipper, route_in_process, route_remote
 from app.gateway.upstream import Upstream
-from app.http.fastlane import FAST_ROUTES_KEY, FastLane
 from app.http.listener import ReadyCheck, create_listener_app, watch_readiness
+from app.http.pipeline import BodyLimits, Entry, Forward, Ingest, Lookup, Pipeline
+from app.http.routes import Route, table
 from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
 from app.kafka.producer import KafkaProducer, producer_config
@@ -43,30 +43,27 @@ from app.outbox.relay import Relay
 from app.outbox.writer import OutboxWriter
 from app.profile import ProducerProfile
 from app.shippers import application, infrastructure, transaction
-from app.shippers.application import ApplicationShipper
 from app.shippers.collector import Collector
-from app.shippers.infrastructure import InfrastructureShipper
-from app.shippers.ingest import Submitter
-from app.shippers.transaction import TransactionShipper
 from app.status import page as status_page
-
-if TYPE_CHECKING:
-    from app.observability.otel import Tracing
+from app.streams import Stream
 
 log = logging.getLogger(__name__)
 
 LISTENERS = ROLES
 SHIPPERS = ("application", "infrastructure", "transaction")
-REMOTE_ROUTES = {
+# Each shipper's route table; a listener serves the tables of the shippers it stands for.
+ROUTES: dict[str, tuple[Route, ...]] = {
     "application": application.ROUTES,
     "infrastructure": infrastructure.ROUTES,
     "transaction": transaction.ROUTES,
 }
-OPENAPI_PATHS = {
-    "application": application.openapi_paths,
-    "infrastructure": infrastructure.openapi_paths,
-    "transaction": transaction.openapi_paths,
-}
+
+
+def listener_routes(listener: str) -> tuple[Route, ...]:
+    """The route table of a listener: its shipper's, or every shipper's for the gateway."""
+    if listener == "gateway":
+        return table(*(ROUTES[name] for name in SHIPPERS))
+    return table(ROUTES[listener])
 
 
 @dataclass
@@ -86,6 +83,9 @@ class Runtime:
     def url(self, listener: str) -> str:
         return self.addresses[listener][0]
 
+
+# How long a request's body may take to arrive once its headers have.
+BODY_TIMEOUT_SECONDS = 30.0
 
 # The profiles fed through a bounded channel; transactions go through the outbox instead.
 CHANNEL_PROFILES = ("application", "infrastructure")
@@ -195,37 +195,58 @@ def build_upstreams(settings: Settings, metrics: Metrics) -> dict[str, Upstream]
     }
 
 
-def build_tracing(settings: Settings) -> Tracing | None:
+def build_tracing(settings: Settings) -> Tracer:
     """The span exporter when an OTLP endpoint is set; otherwise the SDK is not even imported."""
     if not settings.tracing:
-        return None
+        return NoTracer()
     from app.observability.otel import Tracing
 
     return Tracing(settings)
 
 
-def build_apps(
+@dataclass
+class Listener:
+    """One listener this process hosts: its port, the Quart app of its other routes, and the
+    pipeline in front of it (what hypercorn serves)."""
+
+    port: int
+    app: Any
+    pipeline: Pipeline
+
+
+def build_listeners(
     settings: Settings,
     metrics: Metrics,
     profiles: dict[str, ProducerProfile],
     outbox: Outbox | None,
     upstreams: dict[str, Upstream],
     api_keys: ApiKeys | None,
-    tracing: Tracing | None = None,
-) -> dict[str, tuple[QuartTrio, int]]:
-    """The Quart app and port of each listener this process hosts."""
+    tracer: Tracer,
+) -> dict[str, Listener]:
+    """Every listener this process hosts, its route table bound to the streams (or the upstreams)."""
     roles = settings.role_set()
 
     def probe(name: str) -> ReadyCheck:
         return lambda: profiles[name].probe(settings.ready_timeout)
 
-    def listener(name: str, checks: Sequence[ReadyCheck]) -> QuartTrio:
-        return create_listener_app(
-            name, metrics, checks, max_request_bytes=settings.max_request_bytes, tracing=tracing
-        )
+    async def no_database() -> str:
+        return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
 
-    def admission(name: str) -> Admission:
-        return Admission(
+    streams: dict[str, Stream] = {}
+    checks: dict[str, list[ReadyCheck]] = {}
+    if "application" in roles:
+        streams["application"] = application.stream(settings, profiles["application"])
+        checks["application"] = [probe("application")]
+    if "infrastructure" in roles:
+        streams["infrastructure"] = infrastructure.stream(settings, profiles["infrastructure"])
+        checks["infrastructure"] = [probe("infrastructure")]
+    if "transaction" in roles:
+        streams["transaction"] = transaction.stream(settings, outbox.writer if outbox else None)
+        # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
+        checks["transaction"] = [outbox.database.probe if outbox else no_database]
+    # One admission per stream, shared by its shipper's listener and the gateway's.
+    admissions = {
+        name: Admission(
             name,
             metrics,
             rate_limit=settings.profiles()[name].rate_limit,
@@ -233,62 +254,42 @@ def build_apps(
             api_keys=api_keys,
             clock=trio.current_time,
         )
+        for name in streams
+    }
+    limits = BodyLimits(
+        max_request_bytes=settings.max_request_bytes,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        body_timeout=BODY_TIMEOUT_SECONDS,
+        max_events=settings.max_batch_events,
+    )
 
-    def submitter(name: str) -> Submitter:
-        return Submitter(
-            profiles[name],
-            metrics,
-            retry_after_seconds=settings.retry_after_seconds,
-            max_event_bytes=settings.max_event_bytes,
-        )
+    def bind(route: Route) -> Entry:
+        if route.stream not in streams:
+            return Forward(route, upstreams[route.stream])
+        if route.dialect is not None:
+            return Ingest(route, route.dialect, streams[route.stream], admissions[route.stream])
+        assert route.view is not None
+        return Lookup(route, route.view, streams[route.stream], admissions[route.stream])
 
-    async def no_database() -> str:
-        return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
+    def listener(name: str, ready: list[ReadyCheck], port: int) -> Listener:
+        routes = listener_routes(name)
+        app = create_listener_app(name, metrics, ready, routes, max_request_bytes=settings.max_request_bytes)
+        if name == "gateway":
+            status_page.register(app, metrics)
+        pipeline = Pipeline(name, [bind(route) for route in routes], app, metrics, tracer, limits)
+        return Listener(port, app, pipeline)
 
-    shippers: dict[str, Shipper] = {}
-    checks: dict[str, list[ReadyCheck]] = {}
-    if "application" in roles:
-        shippers["application"] = ApplicationShipper(settings, submitter("application"), admission("application"))
-        checks["application"] = [probe("application")]
-    if "infrastructure" in roles:
-        shippers["infrastructure"] = InfrastructureShipper(
-            settings, submitter("infrastructure"), admission("infrastructure")
-        )
-        checks["infrastructure"] = [probe("infrastructure")]
-    if "transaction" in roles:
-        shippers["transaction"] = TransactionShipper(settings, outbox.writer if outbox else None, admission("transaction"))
-        # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
-        checks["transaction"] = [outbox.database.probe if outbox else no_database]
-
-    apps: dict[str, tuple[QuartTrio, int]] = {}
-    for name, shipper in shippers.items():
-        app = listener(name, checks[name])
-        shipper.register(app)
-        apps[name] = (app, getattr(settings, f"{name}_port"))
+    listeners = {name: listener(name, checks[name], getattr(settings, f"{name}_port")) for name in streams}
     if "gateway" in roles:
         # Ready when its main stream, application logs, can be taken: a load balancer that drops
         # the gateway drops every stream, so one shipper's trouble must not decide it alone.
-        gateway_checks = (
+        gateway_checks: list[ReadyCheck] = (
             checks["application"]
-            if "application" in shippers
+            if "application" in streams
             else [partial(upstreams["application"].ready, settings.ready_timeout)]
         )
-        gateway = route_in_process(listener("gateway", gateway_checks), list(shippers.values()))
-        for name, upstream in upstreams.items():
-            route_remote(gateway, upstream, REMOTE_ROUTES[name], OPENAPI_PATHS[name]())
-        status_page.register(gateway, metrics)
-        apps["gateway"] = (gateway, settings.gateway_port)
-    return apps
-
-
-def fast_lane(app: QuartTrio, name: str, metrics: Metrics, settings: Settings) -> FastLane | QuartTrio:
-    """``app`` behind a lane for its fast routes, when it has any."""
-    if not app.config.get(FAST_ROUTES_KEY):
-        return app
-    return FastLane(
-        app, name, metrics,
-        max_request_bytes=settings.max_request_bytes, max_decompressed_bytes=settings.max_decompressed_bytes,
-    )
+        listeners["gateway"] = listener("gateway", gateway_checks, settings.gateway_port)
+    return listeners
 
 
 def hypercorn_config(settings: Settings, port: int) -> hypercorn.config.Config:
@@ -338,7 +339,7 @@ async def run(
     profiles = build_profiles(settings, metrics)
     outbox = build_outbox(settings, metrics)
     upstreams = build_upstreams(settings, metrics)
-    tracing = build_tracing(settings)
+    tracer = build_tracing(settings)
     shutdown = trio.Event()
 
     async with trio.open_nursery() as background:
@@ -373,19 +374,20 @@ async def run(
                     rate=settings.metrics_rate,
                 )
                 await background.start(collector.run)
-            apps = build_apps(settings, metrics, profiles, outbox, upstreams, api_keys, tracing)
-            await background.start(watch_readiness, {name: app for name, (app, _) in apps.items()}, metrics)
-            async with trio.open_nursery() as listeners:
+            listeners = build_listeners(settings, metrics, profiles, outbox, upstreams, api_keys, tracer)
+            await background.start(watch_readiness, {name: served.app for name, served in listeners.items()}, metrics)
+            async with trio.open_nursery() as serving:
                 addresses: dict[str, list[str]] = {}
                 for name in LISTENERS:
-                    if name not in apps:
+                    if name not in listeners:
                         continue
-                    app, port = apps[name]
-                    # With tracing on, every request goes through the Quart hooks that make its spans.
-                    served: Any = app if tracing is not None else fast_lane(app, name, metrics, settings)
-                    addresses[name] = await listeners.start(
+                    served = listeners[name]
+                    addresses[name] = await serving.start(
                         partial(
-                            hypercorn.trio.serve, served, hypercorn_config(settings, port), shutdown_trigger=shutdown.wait
+                            hypercorn.trio.serve,
+                            served.pipeline,  # type: ignore[arg-type]  # an ASGI app; hypercorn's alias is narrower
+                            hypercorn_config(settings, served.port),
+                            shutdown_trigger=shutdown.wait,
                         )
                     )
                     log.info("%s listening on %s", name, ", ".join(addresses[name]))
@@ -394,8 +396,8 @@ async def run(
             for profile in profiles.values():
                 profile.close()
         background.cancel_scope.cancel()
-    if tracing is not None:
+    if settings.tracing:
         # The spans of the drained buffers go out too, within a bound: a collector away cannot hold the exit.
         with trio.CancelScope(shield=True), trio.move_on_after(5.0):
-            await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(tracer.shutdown, abandon_on_cancel=True)
     log.info("stopped")

@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from app.config import Settings, load_settings
-from app.kafka.producer import Deliveries, KafkaProducer, Record
+from app.core import Record
+from app.kafka.producer import Deliveries, KafkaProducer
 from app.runtime import Runtime, profile_producer_config
 from tests import librdkafka
 from tests.conftest import Infra

@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from app import events, otlp
-from app.shippers.application import decode_python_log
+from app.dialects.httphandler import decode_python_log
 
 
 @pytest.mark.parametrize(

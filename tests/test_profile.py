@@ -14,9 +14,10 @@ import pytest
 import trio
 
 from app.config import ProfileSettings
-from app.kafka.producer import Deliveries, Failure, Record
+from app.core import Outcome, Record
+from app.kafka.producer import Deliveries, Failure
 from app.observability.metrics import Metrics
-from app.profile import Outcome, ProducerProfile
+from app.profile import ProducerProfile
 
 
 class FakeProducer:

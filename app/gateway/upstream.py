@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from app.gateway.client import Answer, ConnectFailed, Origin, Pool, PoolBusy, UpstreamBroken, UpstreamTimeout
-from app.http.errors import HTTPError
+from app.core import Refusal
 from app.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,9 @@ class Upstream:
             return Answer(answer.status, answer_headers, answer.body)
         raise self._refusal(503, "upstream unavailable", f"no instance of the {self.name} shipper accepts connections")
 
-    def _refusal(self, status: int, error: str, detail: str, *, metric: str | None = None) -> HTTPError:
+    def _refusal(self, status: int, error: str, detail: str, *, metric: str | None = None) -> Refusal:
         self._metrics.upstream_errors.labels(self.name, metric or error.replace("upstream ", "")).inc()
-        return HTTPError(status, error, detail, headers={"Retry-After": "1"})
+        return Refusal(status, error, detail, headers={"Retry-After": "1"})
 
     async def ready(self, timeout: float) -> str | None:
         """None when some instance answers its ``/ready`` with 200, else why not."""

@@ -5,24 +5,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Collection
 
-from quart import Request, g
-
-from app.http.errors import HTTPError
-
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
-
-
-def media_type(request: Request, accepted: Collection[str]) -> str:
-    """The request's media type, or 415 when it is not one of ``accepted``."""
-    return check_media_type(request.headers.get("Content-Type"), accepted)
+from app.core import Refusal
 
 
 def check_media_type(content_type: str | None, accepted: Collection[str]) -> str:
     """The media type of a ``Content-Type`` value, or 415 when it is not one of ``accepted``."""
     value = (content_type or "").split(";", 1)[0].strip().lower()
     if value not in accepted:
-        raise HTTPError(
+        raise Refusal(
             415,
             "unsupported media type",
             f"Content-Type must be one of {', '.join(sorted(accepted))}, not {value or 'none'}",
@@ -30,20 +20,11 @@ def check_media_type(content_type: str | None, accepted: Collection[str]) -> str
     return value
 
 
-async def read_body(request: Request, *, max_bytes: int, max_decompressed_bytes: int) -> bytes:
-    """The body, decompressed when ``Content-Encoding: gzip``; 413 past either limit."""
-    check_length(request.content_length, max_bytes)
-    body = await request.get_data(cache=False, as_text=False)
-    assert isinstance(body, bytes)
-    g.body_read = True
-    return decode_content(body, request.headers.get("Content-Encoding"), max_bytes, max_decompressed_bytes)
-
-
 def check_length(length: int | None, max_bytes: int) -> None:
     """413 for a declared ``Content-Length`` over the limit, before any of the body is read."""
     if length is not None and length > max_bytes:
         # Refused unread: the connection cannot be reused for another request.
-        raise HTTPError(
+        raise Refusal(
             413,
             "payload too large",
             f"the body has {length} bytes, the limit is {max_bytes}",
@@ -54,12 +35,12 @@ def check_length(length: int | None, max_bytes: int) -> None:
 def decode_content(body: bytes, content_encoding: str | None, max_bytes: int, max_decompressed_bytes: int) -> bytes:
     """A body as read, decompressed when its ``Content-Encoding`` is gzip; 413 past either limit."""
     if len(body) > max_bytes:
-        raise HTTPError(413, "payload too large", f"the body has more than {max_bytes} bytes")
+        raise Refusal(413, "payload too large", f"the body has more than {max_bytes} bytes")
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding != "gzip":
-        raise HTTPError(415, "unsupported content encoding", f"Content-Encoding {encoding!r}: use gzip or none")
+        raise Refusal(415, "unsupported content encoding", f"Content-Encoding {encoding!r}: use gzip or none")
     return gunzip(body, max_decompressed_bytes)
 
 
@@ -68,9 +49,9 @@ def gunzip(body: bytes, limit: int) -> bytes:
     try:
         data = decompressor.decompress(body, limit + 1)
     except zlib.error as error:
-        raise HTTPError(400, "malformed gzip body", str(error)) from None
+        raise Refusal(400, "malformed gzip body", str(error)) from None
     if len(data) > limit or decompressor.unconsumed_tail:
-        raise HTTPError(413, "payload too large", f"the body decompresses to more than {limit} bytes")
+        raise Refusal(413, "payload too large", f"the body decompresses to more than {limit} bytes")
     if not decompressor.eof:
-        raise HTTPError(400, "malformed gzip body", "the gzip stream is truncated")
+        raise Refusal(400, "malformed gzip body", "the gzip stream is truncated")
     return data

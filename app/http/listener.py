@@ -1,7 +1,9 @@
-"""The Quart app every listener starts from: health, readiness, metrics, JSON errors.
+"""The Quart app behind every listener's pipeline: health, readiness, metrics, the OpenAPI
+document, JSON errors.
 
-Each listener (gateway, application, infrastructure, transaction) is one of these apps with
-its own routes added; all share the process's metrics registry.
+Each listener (gateway, application, infrastructure, transaction) serves its route table
+through :mod:`app.http.pipeline` and everything else through one of these apps; all share the
+process's metrics registry.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,13 +19,12 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from app.core import Refusal
 from app.http import openapi
-from app.http.errors import HTTPError, error_response, json_response
+from app.http.errors import error_response, json_response
+from app.http.routes import Route
 from app.observability.metrics import Metrics
-from app.observability.tracing import TraceContext, request_context, valid_request_id
-
-if TYPE_CHECKING:
-    from app.observability.otel import RequestSpan, Tracing
+from app.observability.tracing import valid_request_id
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,12 @@ def create_listener_app(
     name: str,
     metrics: Metrics,
     ready_checks: Sequence[ReadyCheck],
+    routes: Sequence[Route],
     *,
     max_request_bytes: int,
-    tracing: Tracing | None = None,
 ) -> QuartTrio:
-    """An app serving ``/health``, ``/ready`` and ``/metrics``, with JSON error answers.
-
-    With ``tracing``, every POST to a route gets a span (ingest routes: see :mod:`app.observability.otel`).
-    """
+    """An app serving ``/health``, ``/ready``, ``/metrics`` and ``/openapi.json`` (which documents
+    ``routes`` too), with JSON error answers."""
     app = QuartTrio(f"gateway.{name}")
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.config["BODY_TIMEOUT"] = 30
@@ -86,49 +84,22 @@ def create_listener_app(
 
     @app.after_request
     async def record_request(response: Response) -> Response:
-        has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
-        if has_body and not getattr(g, "body_read", False):
-            # Answered without reading the body (405, 404, 401, 415...): reusing the connection
-            # would leave the next request behind the unread bytes; close it instead.
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            # No view here reads a body: reusing the connection would leave the next request
+            # behind the unread bytes; close it instead.
             response.headers["Connection"] = "close"
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(name, route, str(response.status_code)).inc()
         started = getattr(g, "started", None)
         if started is not None:
             metrics.http_duration.labels(name, route).observe(time.perf_counter() - started)
-        trace: TraceContext | None = g.get("trace")
-        if trace is not None and "traceparent" not in response.headers:
-            # A refusal after the request's trace began names it too: the caller can find its log lines.
-            response.headers["traceparent"] = trace.traceparent
-        request_id = trace.request_id if trace is not None else valid_request_id(request.headers.get("X-Request-ID"))
-        # A remote shipper's answer already names the id its records carry.
-        if request_id and "X-Request-ID" not in response.headers:
+        request_id = valid_request_id(request.headers.get("X-Request-ID"))
+        if request_id:
             response.headers["X-Request-ID"] = request_id
         return response
 
-    if tracing is not None:
-        # Registered only when tracing is on: without it, requests pay nothing for it.
-
-        @app.before_request
-        async def start_span() -> None:
-            if request.method == "POST" and request.url_rule is not None:
-                trace = g.trace = request_context(
-                    request.headers.get("traceparent"),
-                    request.headers.get("tracestate"),
-                    request.headers.get("X-Request-ID"),
-                )
-                rule = request.url_rule.rule
-                g.span = tracing.start_request(f"POST {rule}", rule, name, trace)
-
-        @app.after_request
-        async def end_span(response: Response) -> Response:
-            span: RequestSpan | None = g.pop("span", None)
-            if span is not None:
-                span.end(response.status_code)
-            return response
-
-    @app.errorhandler(HTTPError)
-    async def handle_gateway_error(error: HTTPError) -> Response:
+    @app.errorhandler(Refusal)
+    async def handle_refusal(error: Refusal) -> Response:
         return error_response(error)
 
     @app.errorhandler(HTTPException)
@@ -136,12 +107,12 @@ def create_listener_app(
         status = error.code or 500
         # A body refused part-way leaves the connection unusable for another request.
         headers = {"Connection": "close"} if status == 413 else None
-        return error_response(HTTPError(status, (error.name or "error").lower(), error.description, headers=headers))
+        return error_response(Refusal(status, (error.name or "error").lower(), error.description, headers=headers))
 
     @app.errorhandler(Exception)
     async def handle_unexpected(error: Exception) -> Response:
         log.exception("unhandled error on %s", name)
-        return error_response(HTTPError(500, "internal error", type(error).__name__))
+        return error_response(Refusal(500, "internal error", type(error).__name__))
 
     @app.get("/health")
     async def health() -> Response:
@@ -158,7 +129,7 @@ def create_listener_app(
 
     @app.get("/openapi.json")
     async def openapi_document() -> Response:
-        return json_response(openapi.document(app, name), 200)
+        return json_response(openapi.document(app, name, routes), 200)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

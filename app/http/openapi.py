@@ -1,12 +1,15 @@
 """The OpenAPI document each listener serves at ``/openapi.json``.
 
-Request schemas come from the same msgspec structs that validate requests, so the document
-cannot drift from what the code accepts. Shippers add their paths when they register routes.
+Its paths are the listener's route table (each route's dialect or view describes its
+operation) and the Quart views registered with :func:`add_paths` (the status page). Request
+schemas come from the same msgspec structs that validate requests, so the document cannot
+drift from what the code accepts.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -14,19 +17,9 @@ import msgspec
 from quart_trio import QuartTrio
 
 from app import events
+from app.http.routes import Route
 
 PATHS_KEY = "OPENAPI_PATHS"
-REFUSALS = {
-    "400": "malformed JSON, NDJSON or gzip",
-    "401": "no valid API key (when keys are configured)",
-    "413": "body, decompressed body, batch or event over its limit",
-    "415": "unsupported Content-Type or Content-Encoding",
-    "422": "schema violations, with the index of every invalid event of a batch",
-    "429": "over the rate limit; see Retry-After",
-    "503": "cannot take events now (buffer full, breaker open, outbox unavailable); see Retry-After",
-}
-
-
 class Accepted(msgspec.Struct):
     status: str
     eventId: str
@@ -55,10 +48,6 @@ class TransactionStatus(msgspec.Struct):
     publishedAt: str | None = None
     partition: int | None = None
     offset: int | None = None
-
-
-def ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 @cache
@@ -90,34 +79,19 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def ingest(summary: str, body: dict[str, Any], answer: str, *, conflict: bool = False) -> dict[str, Any]:
-    """An ingest operation: 202 with ``answer``, or a JSON error."""
-    responses: dict[str, Any] = {"202": {"description": "accepted", "content": _json(ref(answer))}}
-    refusals = dict(REFUSALS)
-    if conflict:
-        refusals["409"] = "Idempotency-Key reused with a different body"
-    for status, description in sorted(refusals.items()):
-        responses[status] = {"description": description, "content": _json(ref("ErrorAnswer"))}
-    return {"post": {"summary": summary, "requestBody": {"required": True, "content": body}, "responses": responses}}
-
-
-def event_routes(route: str, batch_route: str, what: str, schema: str, batch_schema: str) -> dict[str, Any]:
-    """A single-event route (JSON) and its batch route (JSON or NDJSON), as EventRoutes serves them."""
-    return {
-        route: ingest(f"one {what}", {"application/json": {"schema": ref(schema)}}, "Accepted"),
-        batch_route: ingest(
-            f"a batch of {what}s, all or nothing",
-            {"application/json": {"schema": ref(batch_schema)}, "application/x-ndjson": {"schema": {"type": "string"}}},
-            "BatchAccepted",
-        ),
-    }
-
-
 def add_paths(app: QuartTrio, paths: dict[str, Any]) -> None:
     app.config.setdefault(PATHS_KEY, {}).update(paths)
 
 
-def document(app: QuartTrio, listener: str) -> dict[str, Any]:
+def paths_of(routes: Sequence[Route]) -> dict[str, Any]:
+    """The path items of a route table: each route's operation under its path."""
+    paths: dict[str, Any] = {}
+    for route in routes:
+        paths.setdefault(route.path, {}).update(route.operation())
+    return paths
+
+
+def document(app: QuartTrio, listener: str, routes: Sequence[Route]) -> dict[str, Any]:
     text = {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}
     status = {"type": "object", "properties": {"status": {"type": "string"}, "listener": {"type": "string"}}}
     paths: dict[str, Any] = {
@@ -134,6 +108,7 @@ def document(app: QuartTrio, listener: str) -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": text}}},
     }
     paths.update(copy.deepcopy(app.config.get(PATHS_KEY, {})))
+    paths.update(paths_of(routes))
     return {
         "openapi": "3.1.0",
         "info": {"title": f"kafka-log-gateway {listener} listener", "version": "1"},

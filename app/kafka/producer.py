@@ -13,75 +13,13 @@ import collections
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import confluent_kafka
 
 from app.config import ProfileSettings
+from app.core import DeliveryObserver, Record, Tally
 from app.kafka.errors import KafkaConfigError, KafkaUnavailable
-
-if TYPE_CHECKING:
-    from app.observability.otel import Settlement
-
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(slots=True)
-class Record:
-    """One Kafka record as the gateway hands it to the producer.
-
-    A record is its own delivery callback: confluent-kafka's delivery reports carry no headers
-    (confluent-kafka-python #574), so the report must lead back to the record for a dead letter,
-    and passing the record itself costs no allocation per produce call (a ``partial`` did). The
-    callback adds the report to its topic's :class:`Tally` at once: a report queued for a later
-    pass cost as much again as the callback.
-    """
-
-    key: bytes
-    value: bytes
-    headers: Headers
-    # Only while tracing: the submission whose ``deliver`` span this record's fate counts towards.
-    settlement: Settlement | None = None
-    # Set by the producer that takes the record: the tally its delivery report goes to, and how
-    # long the record waited in the profile's buffer before (added to librdkafka's own latency).
-    tally: Tally | None = field(default=None, repr=False, compare=False)
-    waited: float = field(default=0.0, repr=False, compare=False)
-
-    @property
-    def size(self) -> int:
-        return len(self.key) + len(self.value)
-
-    def __call__(self, err: Any, msg: Any) -> None:
-        # Runs inside poll()/flush(), in the thread that called it.
-        tally = self.tally
-        assert tally is not None, "produced by KafkaProducer.produce"
-        if err is None:
-            tally.delivered += 1
-            tally.delivered_bytes += len(self.key) + len(self.value)
-            latency = msg.latency()
-            if latency is not None:
-                tally.latencies.append(latency + self.waited)
-            if self.settlement is not None:
-                tally.traced.append(self.settlement)
-        else:
-            tally.failed.append((self, err))
-
-
-@dataclass(slots=True)
-class Tally:
-    """The delivery reports of one topic of one producer since the previous collect.
-
-    Filled by the records' callbacks inside ``poll``/``flush`` and emptied by the same call, so
-    never by two threads at once: a profile polls and flushes one at a time.
-    """
-
-    topic: str
-    delivered: int = 0
-    delivered_bytes: int = 0
-    latencies: list[float] = field(default_factory=list)
-    traced: list[Settlement] = field(default_factory=list)
-    failed: list[tuple[Record, Any]] = field(default_factory=list)
-
 
 @dataclass(slots=True)
 class Failure:
@@ -105,7 +43,7 @@ class Deliveries:
     failures: list[Failure] = field(default_factory=list)
     client_errors: list[tuple[str, str, bool]] = field(default_factory=list)
     # Delivered records that carry a settlement (only while tracing), with their topic.
-    traced: list[tuple[Settlement, str]] = field(default_factory=list)
+    traced: list[tuple[DeliveryObserver, str]] = field(default_factory=list)
 
     @property
     def settled(self) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from opentelemetry import trace as trace_api
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -29,12 +28,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from app.config import Settings
+from app.core import Outcome, Record, Sink
 from app.observability.tracing import TraceContext
-from app.profile import Outcome
-
-if TYPE_CHECKING:
-    from app.kafka.producer import Record
-    from app.profile import ProducerProfile
 
 
 def traces_endpoint(settings: Settings) -> str:
@@ -62,7 +57,7 @@ class _ChosenIds(IdGenerator):
 
 
 class Tracing:
-    """The process's tracer provider and the spans of its requests."""
+    """The process's tracer provider and the spans of its requests (an :class:`app.core.Tracer`)."""
 
     def __init__(self, settings: Settings) -> None:
         self._ids = _ChosenIds()
@@ -103,7 +98,7 @@ class Tracing:
 
 
 class RequestSpan:
-    """The span of one request, and the spans it starts below it."""
+    """The span of one request, and the spans it starts below it (an :class:`app.core.Span`)."""
 
     def __init__(self, tracer: trace_api.Tracer, span: Span) -> None:
         self._tracer = tracer
@@ -116,13 +111,13 @@ class RequestSpan:
             self.span.set_status(Status(StatusCode.ERROR))
         self.span.end()
 
-    def submit(self, profile: ProducerProfile, records: list[Record], size: int) -> Outcome:
-        """``profile.submit`` in an ``enqueue`` span; when accepted, a ``deliver`` span follows the records."""
+    def enqueue(self, sink: Sink, records: list[Record], size: int) -> Outcome:
+        """``sink.submit`` in an ``enqueue`` span; when accepted, a ``deliver`` span follows the records."""
         self.span.set_attribute("events", len(records))
         started = time.time_ns()
-        attributes: dict[str, AttributeValue] = {"events": len(records), "bytes": size, "service": profile.name}
+        attributes: dict[str, AttributeValue] = {"events": len(records), "bytes": size, "service": sink.name}
         enqueue = self._tracer.start_span("enqueue", context=self._context, start_time=started, attributes=attributes)
-        outcome = profile.submit(records, size)
+        outcome = sink.submit(records, size)
         enqueue.set_attribute("outcome", outcome.value)
         enqueue.end()
         if outcome is Outcome.ACCEPTED and self.span.is_recording():
@@ -131,7 +126,7 @@ class RequestSpan:
                 "deliver",
                 context=self._context,
                 start_time=started,
-                attributes={**attributes, "messaging.destination.name": profile.topic},
+                attributes={**attributes, "messaging.destination.name": sink.topic},
             )
             settlement = Settlement(deliver, len(records))
             for record in records:
@@ -139,9 +134,11 @@ class RequestSpan:
         return outcome
 
     @contextmanager
-    def child(self, name: str) -> Iterator[Span]:
+    def child(self, name: str, events: int) -> Iterator[None]:
+        self.span.set_attribute("events", events)
         with self._tracer.start_as_current_span(name, context=self._context) as span:
-            yield span
+            span.set_attribute("events", events)
+            yield
 
 
 class Settlement:

@@ -27,8 +27,9 @@ import trio
 
 from app import events
 from app.observability.metrics import Metrics
-from app.profile import Outcome, ProducerProfile
-from app.shippers.infrastructure import metric_records
+from app.core import Outcome
+from app.profile import ProducerProfile
+from app.streams import metric_records
 
 log = logging.getLogger(__name__)
 

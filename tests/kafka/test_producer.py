@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.kafka.producer import KafkaProducer, Record, Tally
+from app.core import Record, Tally
+from app.kafka.producer import KafkaProducer
 
 
 @dataclass

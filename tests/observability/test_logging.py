@@ -15,7 +15,8 @@ import trio
 import trio.testing
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from app.kafka.producer import Failure, Record
+from app.core import Record
+from app.kafka.producer import Failure
 from app.observability.tracing import continue_trace
 from tests.kafka_reader import KafkaReader
 from tests.processes import GatewayProcess

@@ -258,11 +258,12 @@ def test_without_an_endpoint_no_opentelemetry_sdk_module_is_loaded() -> None:
     script = textwrap.dedent(
         """
         import sys
+        import httpx
         import trio
         import app.__main__
         from app.config import load_settings
         from app.observability.metrics import Metrics
-        from app.runtime import build_apps, build_profiles, build_tracing
+        from app.runtime import build_listeners, build_profiles, build_tracing
 
         def loaded():
             return sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter", "opentelemetry.trace")))
@@ -270,17 +271,17 @@ def test_without_an_endpoint_no_opentelemetry_sdk_module_is_loaded() -> None:
         async def post(endpoint):
             settings = load_settings({"ROLES": "application", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
             metrics = Metrics()
-            tracing = build_tracing(settings)
-            apps = build_apps(settings, metrics, build_profiles(settings, metrics), None, {}, None, tracing)
-            client = apps["application"][0].test_client()
-            response = await client.post(
-                "/api/v1/logs",
-                json={"source": "a", "level": "info", "message": "m"},
-                headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
-            )
+            tracer = build_tracing(settings)
+            listeners = build_listeners(settings, metrics, build_profiles(settings, metrics), None, {}, None, tracer)
+            transport = httpx.ASGITransport(app=listeners["application"].pipeline)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                response = await client.post(
+                    "/api/v1/logs",
+                    json={"source": "a", "level": "info", "message": "m"},
+                    headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+                )
             assert response.status_code == 202, response.status_code
-            if tracing is not None:
-                tracing.shutdown()
+            tracer.shutdown()
 
         trio.run(post, "")
         print(len(loaded()), loaded())

@@ -1,0 +1,265 @@
+"""The streams a request's events go to: they turn events into Kafka records and take them.
+
+- :class:`ChannelStream`: application logs and host metrics, into a producer profile's bounded
+  buffer (202 means taken into memory; the profile delivers);
+- :class:`TransactionStream`: financial events, committed into the PostgreSQL outbox (202 means
+  committed; the relay publishes them to Kafka exactly once).
+
+A stream answers with :class:`~app.dialects.base.Accepted` or raises a :class:`~app.core.Refusal`
+(413, 409, 503), which the request's dialect puts in its own terms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from app import events
+from app.core import Headers, Outcome, Record, Refusal, Sink, Span
+from app.db.database import DatabaseUnavailable
+from app.db.outbox import Accepted as Committed
+from app.db.outbox import IdempotencyConflict, OutboxEntry, RetryableConflict
+from app.dialects.base import Accepted, Decoded, Request
+from app.ids import new_uuids
+from app.observability.tracing import TraceContext
+from app.outbox.writer import OutboxUnavailable, OutboxWriter
+
+MAX_IDEMPOTENCY_KEY: Final = 255
+
+_encode: Final = msgspec.json.Encoder().encode
+_canonical: Final = msgspec.json.Encoder(order="sorted").encode
+
+
+def received_at() -> str:
+    return events.format_timestamp(dt.datetime.now(dt.timezone.utc))
+
+
+class Stream(Protocol):
+    """Where the pipeline hands a request's decoded events."""
+
+    name: str  # the service: application, infrastructure, transaction
+
+    def check(self, request: Request) -> None:
+        """What the headers alone decide, before the body is read (raises Refusal)."""
+
+    async def submit(self, decoded: Decoded, request: Request, trace: TraceContext, span: Span) -> Accepted:
+        """Take the events (raises Refusal)."""
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def log_records(
+    logs: Sequence[events.LogIn], trace_headers: Headers, own_headers: Sequence[Headers | None] | None = None
+) -> tuple[list[Record], list[str]]:
+    """Kafka records for validated log events: key = source, value = the event as JSON.
+
+    ``own_headers`` (OTLP) gives an event the trace headers of its own log record instead of the request's.
+    """
+    now = received_at()
+    event_ids = new_uuids(len(logs))
+    records: list[Record] = []
+    append = records.append
+    LogRecord, encode = events.LogRecord, _encode
+    for index, log in enumerate(logs):
+        headers = (own_headers[index] if own_headers is not None else None) or trace_headers
+        event_id = event_ids[index]
+        value = encode(
+            LogRecord(event_id, now, log.source, log.level, log.message, log.timestamp or now, log.attributes, log.traceId)
+        )
+        append(Record(log.source.encode(), value, [("event-id", event_id.encode()), *headers]))
+    return records, event_ids
+
+
+def metric_records(
+    samples: Sequence[events.MetricIn], trace_headers: Headers, own_headers: Sequence[Headers | None] | None = None
+) -> tuple[list[Record], list[str]]:
+    """Kafka records for validated samples: key = host, value = the sample as JSON."""
+    now = received_at()
+    event_ids = new_uuids(len(samples))
+    records: list[Record] = []
+    append = records.append
+    MetricRecord, encode = events.MetricRecord, _encode
+    for sample, event_id in zip(samples, event_ids):
+        value = encode(
+            MetricRecord(
+                event_id, now, sample.host, sample.metric, sample.value, sample.unit, sample.labels, sample.timestamp or now
+            )
+        )
+        append(Record(sample.host.encode(), value, [("event-id", event_id.encode()), *trace_headers]))
+    return records, event_ids
+
+
+RecordBuilder = Callable[[Sequence[Any], Headers, Sequence[Headers | None] | None], tuple[list[Record], list[str]]]
+
+
+def check_event_sizes(records: list[Record], max_event_bytes: int) -> None:
+    too_large = [
+        {"index": index, "message": f"the event encodes to {len(r.value)} bytes, the limit is {max_event_bytes}"}
+        for index, r in enumerate(records)
+        if len(r.value) > max_event_bytes
+    ]
+    if too_large:
+        raise Refusal(413, "event too large", too_large[: events.MAX_ERRORS_REPORTED])
+
+
+class Breaker(Protocol):
+    @property
+    def reason(self) -> str | None: ...
+
+    def retry_after(self) -> float: ...
+
+
+class ProfileSink(Sink, Protocol):
+    """A producer profile as a stream sees it: where records go, and its breaker for the 503's wait."""
+
+    @property
+    def breaker(self) -> Breaker: ...
+
+
+class ChannelStream:
+    """Events into a producer profile's bounded buffer: 202 once taken, 503 when it cannot take them."""
+
+    def __init__(self, profile: ProfileSink, build: RecordBuilder, *, retry_after_seconds: int, max_event_bytes: int) -> None:
+        self.name = profile.name
+        self.profile = profile
+        self._build = build
+        self._retry_after = str(retry_after_seconds)
+        self._max_event_bytes = max_event_bytes
+
+    def check(self, request: Request) -> None:
+        pass
+
+    async def submit(self, decoded: Decoded, request: Request, trace: TraceContext, span: Span) -> Accepted:
+        records, event_ids = self._build(decoded.events, trace.kafka_headers(), decoded.own_headers)
+        self.send(records, span)
+        return Accepted(event_ids)
+
+    def send(self, records: list[Record], span: Span) -> None:
+        """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""
+        check_event_sizes(records, self._max_event_bytes)
+        size = 0
+        for record in records:
+            size += len(record.key) + len(record.value)
+        outcome = span.enqueue(self.profile, records, size)
+        if outcome is Outcome.ACCEPTED:
+            return
+        profile = self.profile
+        if outcome is Outcome.FULL:
+            raise Refusal(
+                503, "buffer full", f"the {profile.name} buffer is full; retry later",
+                headers={"Retry-After": self._retry_after},
+            )
+        if outcome is Outcome.UNAVAILABLE:
+            raise Refusal(
+                503,
+                "kafka unavailable",
+                f"the {profile.name} circuit breaker is open ({profile.breaker.reason}); retry later",
+                headers={"Retry-After": str(max(1, math.ceil(profile.breaker.retry_after())))},
+            )
+        raise Refusal(503, "shutting down", "this instance is shutting down", headers={"Retry-After": self._retry_after})
+
+
+class TransactionStream:
+    """Financial events committed into the PostgreSQL outbox (``writer`` None: no database configured)."""
+
+    name = "transaction"
+
+    def __init__(self, writer: OutboxWriter | None, *, topic: str, retry_after_seconds: int) -> None:
+        self._writer = writer
+        self._topic = topic
+        self._retry_after = str(retry_after_seconds)
+
+    def _unavailable(self, detail: str) -> Refusal:
+        return Refusal(503, "outbox unavailable", detail, headers={"Retry-After": self._retry_after})
+
+    def _writer_or_503(self) -> OutboxWriter:
+        if self._writer is None:
+            raise self._unavailable("DATABASE_URL is not set: transactions need the PostgreSQL outbox")
+        return self._writer
+
+    def check(self, request: Request) -> None:
+        """503 without a database, 400 for an Idempotency-Key out of bounds."""
+        self._writer_or_503()
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise Refusal(400, "invalid Idempotency-Key", f"it must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
+
+    async def submit(self, decoded: Decoded, request: Request, trace: TraceContext, span: Span) -> Accepted:
+        writer = self._writer_or_503()
+        now = received_at()
+        # A batch's items carry their own keys; one transaction takes the request's.
+        header_key = request.headers.get("idempotency-key")
+        entries = [
+            self._entry(t, getattr(t, "idempotencyKey", header_key), trace, now) for t in decoded.events
+        ]
+        with span.child("outbox commit", len(entries)):
+            accepted = await self._commit(writer, entries)
+        headers = {"Idempotent-Replayed": "true"} if all(a.replayed for a in accepted) else {}
+        return Accepted([str(a.event_id) for a in accepted], headers)
+
+    async def _commit(self, writer: OutboxWriter, entries: list[OutboxEntry]) -> list[Committed]:
+        try:
+            return await writer.write(entries)
+        except IdempotencyConflict as error:
+            raise Refusal(409, "idempotency key conflict", str(error)) from None
+        except (OutboxUnavailable, RetryableConflict) as error:
+            raise self._unavailable(str(error)) from None
+
+    def _entry(self, transaction: events.TransactionIn, key: str | None, trace: TraceContext, now: str) -> OutboxEntry:
+        event_id = uuid.uuid4()
+        fields = {
+            f: getattr(transaction, f)
+            for f in ("userId", "type", "amount", "currency", "description", "metadata", "occurredAt")
+        }
+        request_hash = hashlib.sha256(_canonical(fields)).digest()
+        value = _encode(
+            events.TransactionRecord(
+                eventId=str(event_id),
+                receivedAt=now,
+                userId=transaction.userId,
+                type=transaction.type,
+                amount=transaction.amount,
+                currency=transaction.currency,
+                occurredAt=events.format_timestamp(transaction.occurredAt) if transaction.occurredAt else now,
+                description=transaction.description,
+                metadata=transaction.metadata,
+            )
+        )
+        headers = [("event-id", str(event_id).encode()), *trace.kafka_headers()]
+        if key is not None:
+            headers.append(("idempotency-key", key.encode()))
+        return OutboxEntry(event_id, self._topic, transaction.userId.encode(), value, headers, key, request_hash)
+
+    async def status(self, event_id: str) -> dict[str, Any]:
+        """Where a transaction stands: pending or published (404 when unknown, 503 without the database)."""
+        writer = self._writer_or_503()
+        try:
+            parsed = uuid.UUID(event_id)
+        except ValueError:
+            raise Refusal(404, "not found", "no transaction has that event id") from None
+        try:
+            status = await writer.status(parsed)
+        except DatabaseUnavailable as error:
+            raise self._unavailable(str(error)) from None
+        if status is None:
+            raise Refusal(404, "not found", "no transaction has that event id (or it was purged after retention)")
+        answer: dict[str, Any] = {
+            "eventId": str(status.event_id),
+            "status": "published" if status.published_at else "pending",
+            "acceptedAt": events.format_timestamp(status.created_at),
+            "topic": status.topic,
+        }
+        if status.published_at:
+            answer.update(
+                publishedAt=events.format_timestamp(status.published_at),
+                partition=status.partition,
+                offset=status.offset,
+            )
+        return answer
