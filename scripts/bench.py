@@ -63,7 +63,7 @@ from app.config import load_settings  # noqa: E402
 from app.events import decode_log  # noqa: E402
 from app.observability.tracing import request_context  # noqa: E402
 from app.runtime import hypercorn_config, profile_producer_config  # noqa: E402
-from app.shippers.application import log_records  # noqa: E402
+from app.streams import log_records  # noqa: E402
 from scripts.bench_otlp import otlp_body  # noqa: E402
 from scripts.bench_support import ROOT, free_port, gateway_process, hey, infra_up, require_hey  # noqa: E402
 from scripts.httpload import open_loop, request_bytes  # noqa: E402
@@ -310,7 +310,7 @@ def gateway_records(events: list[dict[str, Any]]) -> list[RawRecord]:
     """The records the gateway writes for these events: the value with its event id and times, the
     source as key, and the event-id, traceparent and x-request-id headers."""
     logs = [decode_log(compact(event)) for event in events]
-    records, _ = log_records(logs, request_context(None, None, None))
+    records, _ = log_records(logs, request_context(None, None, None).kafka_headers())
     return [(record.key, record.value, record.headers) for record in records]
 
 
