@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
+.PHONY: run test deps venv layers infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
 	@scripts/run.sh
 
-## test: set up, then type-check and run every test (the tests start the local Kafka and PostgreSQL)
-test: deps venv typecheck
+## test: set up, then type-check, check the layers and run every test (the tests start the local Kafka and PostgreSQL)
+test: deps venv typecheck layers
 	$(PY) -m pytest
 
 ## fuzz: schemathesis drives every listener by its OpenAPI document
@@ -25,6 +25,10 @@ unit: venv
 
 typecheck: venv
 	$(PY) -m mypy
+
+## layers: the import-linter contracts of pyproject.toml (layers, adapters, no import cycles)
+layers: venv
+	$(VENV)/bin/lint-imports
 
 ## deps: install the Debian packages the project needs when they are missing (Java, Maven, PostgreSQL)
 deps:

@@ -1,0 +1,7 @@
+"""Wire formats ("dialects"), one module each: how a request's body becomes a stream's events
+and how its answer is put. See :mod:`app.dialects.base` for what every dialect is.
+
+- :mod:`app.dialects.native`: the gateway's own JSON and NDJSON routes;
+- :mod:`app.dialects.otlp`: OTLP/HTTP logs and metrics (protobuf or JSON);
+- :mod:`app.dialects.httphandler`: Python's ``logging.handlers.HTTPHandler`` form.
+"""
