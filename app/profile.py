@@ -110,6 +110,8 @@ class ProducerProfile:
         # Exported at 0 from the start, so that increase() sees the first loss or dead letter.
         metrics.lost.labels(name)
         metrics.dead_letters.labels(name, self.topic)
+        # And the delivery latency of its topic: the seed's latency query has a series before the first report.
+        metrics.send_duration.labels(name, self.topic)
         self._failure_log: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- admission (trio thread, never waits) ---------------------------------------

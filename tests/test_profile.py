@@ -95,6 +95,14 @@ async def wait_until(predicate: object, timeout: float = 5.0) -> None:
             await trio.sleep(0.005)
 
 
+def test_every_series_the_seed_queries_is_exported_before_the_first_event() -> None:
+    _, metrics = make_profile(FakeProducer())
+    labels = {"service": "application", "topic": "logs"}
+    assert metrics.registry.get_sample_value("kafka_producer_send_duration_seconds_count", labels) == 0.0
+    assert metrics.registry.get_sample_value("kafka_producer_dead_letter_total", labels) == 0.0
+    assert metrics.registry.get_sample_value("kafka_producer_lost_total", {"service": "application"}) == 0.0
+
+
 async def test_accepted_events_are_produced_and_settled() -> None:
     fake = FakeProducer()
     profile, metrics = make_profile(fake)
