@@ -55,7 +55,8 @@ def _python_message(fields: dict[str, str]) -> str | None:
 def decode_python_log(body: bytes) -> events.LogIn:
     """One log event from the form ``logging.handlers.HTTPHandler`` posts: a LogRecord's ``__dict__``."""
     try:
-        fields = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=200))
+        # strict: a value percent-encoding bytes that are no UTF-8 is refused, not turned into U+FFFD.
+        fields = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=200, errors="strict"))
     except (UnicodeDecodeError, ValueError) as error:
         raise Refusal(400, "malformed form body", str(error)) from None
     event: dict[str, Any] = {"level": _python_level(fields)}

@@ -28,18 +28,16 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
+from app.runtime import listener_routes
 from tests.conftest import Infra
 from tests.kafka_reader import KafkaReader
 from tests.processes import running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-ROUTES = [
-    "/api/v1/logs", "/api/v1/logs/batch", "/api/v1/logs/python", "/v1/logs",
-    "/api/v1/metrics", "/api/v1/metrics/batch", "/v1/metrics",
-    "/api/v1/transactions", "/api/v1/transactions/batch",
-]
-OTLP_ROUTES = {"/v1/logs", "/v1/metrics"}
+# Every ingest route of the gateway's table (which holds every shipper's).
+ROUTES = [route.path for route in listener_routes("gateway") if route.dialect is not None]
+OTLP_ROUTES = {route.path for route in listener_routes("gateway") if route.dialect is not None and route.dialect.name == "otlp"}
 REFUSALS = {400, 401, 404, 405, 409, 413, 415, 422, 429, 503}
 RSS_LIMIT = 512 * 1024 * 1024
 
@@ -232,6 +230,76 @@ def otlp_answer(target: Target, route: str, payload: bytes, headers: dict[str, s
             if metric.WhichOneof("data")
         )
         target.otlp_metrics += sent - answer.partial_success.rejected_data_points
+
+
+BAD = "@@"  # stands for the two bytes \xff\xfe, which are no UTF-8, once the body is encoded
+
+
+def with_bad_text(document: object) -> Iterator[object]:
+    """``document`` once per string in it (each value and each key), that string replaced by BAD."""
+    if isinstance(document, str):
+        yield BAD
+    elif isinstance(document, list):
+        for index, item in enumerate(document):
+            for bad in with_bad_text(item):
+                yield [*document[:index], bad, *document[index + 1 :]]
+    elif isinstance(document, dict):
+        for key, value in document.items():
+            yield {(BAD if k == key else k): v for k, v in document.items()}
+            for bad in with_bad_text(value):
+                yield {**document, key: bad}
+
+
+def invalid_utf8_requests() -> Iterator[tuple[str, str, bytes]]:
+    """(route, content type, body) with invalid UTF-8 in one field at a time, for every ingest route."""
+    log = {"source": "s", "level": "INFO", "message": "m", "attributes": {"k": "v"}, "traceId": "t"}
+    metric = {"host": "h", "metric": "m", "value": 1, "unit": "%", "labels": {"k": "v"}}
+    transaction = {"userId": "u", "type": "PAYMENT", "amount": "1.50", "currency": "EUR", "description": "d", "metadata": {"k": "v"}}
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]}
+    documents: dict[str, object] = {
+        "/api/v1/logs": log,
+        "/api/v1/logs/batch": {"logs": [log]},
+        "/api/v1/metrics": metric,
+        "/api/v1/metrics/batch": {"metrics": [metric]},
+        "/api/v1/transactions": transaction,
+        "/api/v1/transactions/batch": {"transactions": [transaction]},
+        "/v1/logs": {"resourceLogs": [{"resource": resource, "scopeLogs": [{"logRecords": [{"body": {"stringValue": "m"}, "severityText": "INFO"}]}]}]},
+        "/v1/metrics": {"resourceMetrics": [{"resource": resource, "scopeMetrics": [{"metrics": [{"name": "m", "unit": "1", "gauge": {"dataPoints": [{"asDouble": 1}]}}]}]}]},
+    }
+    assert set(documents) | {"/api/v1/logs/python"} == set(ROUTES), "a route without its invalid UTF-8 cases"
+    for route, document in documents.items():
+        for bad in with_bad_text(document):
+            body = json.dumps(bad).encode().replace(BAD.encode(), b"\xff\xfe")
+            yield route, "application/json", body
+            if route in OTLP_ROUTES:
+                # Protobuf has no keys to spoil: only the string values whose field exists.
+                message = ExportLogsServiceRequest() if route == "/v1/logs" else ExportMetricsServiceRequest()
+                encoded = json_format.ParseDict(bad, message, ignore_unknown_fields=True).SerializeToString()
+                if BAD.encode() in encoded:
+                    # The two bytes of BAD become the two invalid ones: the lengths in the protobuf stay right.
+                    yield route, "application/x-protobuf", encoded.replace(BAD.encode(), b"\xff\xfe")
+    form = {"name": "n", "msg": "m %s", "args": "('a',)", "levelname": "INFO", "pathname": "p", "funcName": "f"}
+    for field in form:
+        encoded = urllib.parse.urlencode({**form, field: BAD})  # BAD as %40%40
+        yield "/api/v1/logs/python", "application/x-www-form-urlencoded", encoded.replace("%40%40", "%FF%FE").encode()
+        yield "/api/v1/logs/python", "application/x-www-form-urlencoded", encoded.encode().replace(b"%40%40", b"\xff\xfe")
+
+
+def test_invalid_utf8_in_any_field_of_any_route_is_a_400_in_its_dialect(target: Target) -> None:
+    cases = 0
+    with httpx.Client(timeout=30) as client:
+        for route, content_type, body in invalid_utf8_requests():
+            for url in (target.urls[0], target.urls[{"/api/v1/l": 1, "/v1/logs": 1, "/api/v1/m": 2, "/v1/metri": 2}.get(route[:9], 3)]):
+                response = client.post(url + route, content=body, headers={"Content-Type": content_type})
+                cases += 1
+                assert response.status_code == 400, (url, route, body[:200], response.status_code, response.text[:300])
+                if route in OTLP_ROUTES and content_type == "application/x-protobuf":
+                    assert Status.FromString(response.content).code == 3  # INVALID_ARGUMENT
+                elif route in OTLP_ROUTES:
+                    assert json_format.Parse(response.content, Status()).code == 3
+                else:
+                    assert response.json()["error"].startswith("malformed")
+    assert cases > 100
 
 
 def test_slow_clients_do_not_hold_up_the_others(target: Target) -> None:
