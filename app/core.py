@@ -3,7 +3,8 @@
 - :class:`Record`: one Kafka record as the gateway hands it to the producer;
 - :class:`Outcome`: what a stream answers when it is handed a request's records;
 - :class:`Refusal`: why a request is not taken, in the terms the dialects translate;
-- :class:`DeliveryObserver` and :class:`Span`: what tracing sees of a request and of its records.
+- :class:`DeliveryObserver` and :class:`Span`: what tracing sees of a request and of its records;
+- :class:`Acknowledgement`: a submission followed until Kafka settled it, for protocols that ack.
 
 The Kafka adapter (:mod:`app.kafka.producer`) fills a record's :class:`Tally` from librdkafka's
 delivery reports; the profile applies them; tracing implements the observer and span
@@ -17,6 +18,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+
+import trio
 
 Headers = list[tuple[str, bytes]]
 
@@ -61,6 +64,56 @@ class DeliveryObserver(Protocol):
     def refused(self) -> None: ...
 
     def lose(self) -> None: ...
+
+
+class Acknowledgement:
+    """Follows one submission's records until Kafka settled every one: what a protocol's ack
+    (Splunk HEC's indexer acknowledgement, Fluentd forward's ``ack``) may wait for.
+
+    ``settled`` is set once each record is delivered to its topic or has failed for good (dead
+    lettered or lost); ``ok`` tells which. Records never settled (the process stopped first)
+    leave it unset: an ack is never given for what Kafka did not take.
+    """
+
+    __slots__ = ("_pending", "delivered", "failed", "settled", "_next")
+
+    def __init__(self, records: int, then: DeliveryObserver | None = None) -> None:
+        self._pending = records
+        self.delivered = 0
+        self.failed = 0
+        self.settled = trio.Event()
+        self._next = then
+        if not records:
+            self.settled.set()
+
+    @property
+    def ok(self) -> bool:
+        return self.settled.is_set() and self.failed == 0
+
+    def delivered_to(self, dead_letter_topic: bool) -> None:
+        if dead_letter_topic:
+            self.failed += 1
+        else:
+            self.delivered += 1
+        self._settle()
+        if self._next is not None:
+            self._next.delivered_to(dead_letter_topic)
+
+    def refused(self) -> None:
+        # A dead letter follows, which settles the record.
+        if self._next is not None:
+            self._next.refused()
+
+    def lose(self) -> None:
+        self.failed += 1
+        self._settle()
+        if self._next is not None:
+            self._next.lose()
+
+    def _settle(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self.settled.set()
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from app import events
-from app.core import Headers, Outcome, Record, Refusal, Sink, Span
+from app.core import Acknowledgement, Headers, Outcome, Record, Refusal, Sink, Span
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted as Committed
 from app.db.outbox import IdempotencyConflict, OutboxEntry, RetryableConflict
@@ -138,8 +138,13 @@ class ChannelStream:
 
     async def submit(self, decoded: Decoded, request: Request, trace: TraceContext, span: Span) -> Accepted:
         records, event_ids = self._build(decoded.events, trace.kafka_headers(), decoded.own_headers)
+        acknowledgement = None
+        if decoded.acknowledge:
+            acknowledgement = Acknowledgement(len(records))
+            for record in records:
+                record.settlement = acknowledgement
         self.send(records, span)
-        return Accepted(event_ids)
+        return Accepted(event_ids, acknowledgement=acknowledgement)
 
     def send(self, records: list[Record], span: Span) -> None:
         """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""

@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from app.core import Headers, Refusal
+from app.core import Acknowledgement, Headers, Refusal
 
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
@@ -49,11 +49,14 @@ class Decoded:
 
     ``own_headers``: per event, the trace headers of its own (OTLP log records), else the request's.
     ``state``: what the dialect keeps for its answer (OTLP's rejected records, say).
+    ``acknowledge``: the client waits for Kafka's word (HEC's acks, forward's ``ack``): the stream
+    then follows the records and hands back an :class:`~app.core.Acknowledgement`.
     """
 
     events: list[Any]
     own_headers: Sequence[Headers | None] | None = None
     state: Any = None
+    acknowledge: bool = False
 
 
 @dataclass(slots=True)
@@ -62,6 +65,8 @@ class Accepted:
 
     event_ids: list[str]
     headers: dict[str, str] = field(default_factory=dict)
+    # When the dialect asked for it (Decoded.acknowledge) and the stream delivers to Kafka itself.
+    acknowledgement: Acknowledgement | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +85,9 @@ class Dialect(Protocol):
     name: str  # the ``dialect`` label of the request metrics
     media_types: frozenset[str]  # the Content-Types it takes; anything else is a 415
 
+    def authorization(self, request: Request) -> str | None:
+        """The request's credentials as an ``Authorization`` value (``Bearer <key>``), for the API keys."""
+
     def decode(self, body: bytes, request: Request, limits: Limits) -> Decoded:
         """The events of a body (raises Refusal: 400, 413, 422)."""
 
@@ -91,6 +99,16 @@ class Dialect(Protocol):
 
     def operation(self) -> dict[str, Any]:
         """The OpenAPI operation of a route served in this dialect."""
+
+
+class JSONDialect:
+    """What most dialects share: credentials in ``Authorization: Bearer``, refusals as the JSON error."""
+
+    def authorization(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+    def refuse(self, refusal: Refusal, request: Request) -> Answer:
+        return json_error(refusal)
 
 
 def json_error(refusal: Refusal) -> Answer:

@@ -17,7 +17,7 @@ import msgspec
 
 from app import events, otlp
 from app.core import Refusal
-from app.dialects.base import Accepted, Answer, Decoded, Limits, Request, ingest_operation, json_answer, json_error
+from app.dialects.base import Accepted, Answer, Decoded, JSONDialect, Limits, Request, ingest_operation, json_answer
 from app.dialects.native import refusal_of
 
 FORM: Final = "application/x-www-form-urlencoded"
@@ -101,7 +101,7 @@ _PYTHON_FORM_SCHEMA: Final = {
 }
 
 
-class Form:
+class Form(JSONDialect):
     """The HTTPHandler route: one log event per request."""
 
     name = "httphandler"
@@ -115,9 +115,6 @@ class Form:
 
     def answer(self, decoded: Decoded, accepted: Accepted, request: Request) -> Answer:
         return json_answer({"status": "accepted", "eventId": accepted.event_ids[0]}, 202, accepted.headers)
-
-    def refuse(self, refusal: Refusal, request: Request) -> Answer:
-        return json_error(refusal)
 
     def operation(self) -> dict[str, Any]:
         return ingest_operation(

@@ -19,11 +19,11 @@ from app.dialects.base import (
     Accepted,
     Answer,
     Decoded,
+    JSONDialect,
     Limits,
     Request,
     ingest_operation,
     json_answer,
-    json_error,
     ref,
 )
 
@@ -65,7 +65,7 @@ def refusal_of(error: ValueError) -> Refusal:
     raise error
 
 
-class Single:
+class Single(JSONDialect):
     """One event, a JSON object."""
 
     name = "native"
@@ -83,9 +83,6 @@ class Single:
     def answer(self, decoded: Decoded, accepted: Accepted, request: Request) -> Answer:
         return json_answer({"status": "accepted", "eventId": accepted.event_ids[0]}, 202, accepted.headers)
 
-    def refuse(self, refusal: Refusal, request: Request) -> Answer:
-        return json_error(refusal)
-
     def operation(self) -> dict[str, Any]:
         kind = self._kind
         body = {JSON: {"schema": ref(kind.schema)}}
@@ -93,7 +90,7 @@ class Single:
         return ingest_operation(summary, body, "Accepted", conflict=kind.conflict)
 
 
-class Batch:
+class Batch(JSONDialect):
     """Events of one kind, all or nothing: a JSON object holding their list, or NDJSON."""
 
     name = "native"
@@ -113,9 +110,6 @@ class Batch:
     def answer(self, decoded: Decoded, accepted: Accepted, request: Request) -> Answer:
         ids = accepted.event_ids
         return json_answer({"status": "accepted", "count": len(ids), "eventIds": ids}, 202, accepted.headers)
-
-    def refuse(self, refusal: Refusal, request: Request) -> Answer:
-        return json_error(refusal)
 
     def operation(self) -> dict[str, Any]:
         kind = self._kind

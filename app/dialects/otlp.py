@@ -47,6 +47,9 @@ class Export:
         self._root = root
         self._rejected_field = rejected_field
 
+    def authorization(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
     def decode(self, body: bytes, request: Request, limits: Limits) -> Decoded:
         try:
             return self._decode(body, request.media_type, limits.max_events)

@@ -139,6 +139,11 @@ class Pipeline:
         self._requests = metrics.http_requests
         self._duration = metrics.http_duration
         self._metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._ingest_events = metrics.ingest_events
+        self._event_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        for entry in entries:
+            if isinstance(entry, Ingest):
+                self._events(entry.stream.name, entry.dialect.name)  # exported at 0 from the start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -207,10 +212,11 @@ class Pipeline:
     ) -> Answer:
         refuse = entry.dialect.refuse if isinstance(entry, Ingest) else _json_refusal
         try:
-            key = entry.admission.authenticate(request.headers.get("authorization"))
             if isinstance(entry, Lookup):
+                entry.admission.authenticate(request.headers.get("authorization"))
                 return await entry.view.respond(entry.stream, request)
             dialect = entry.dialect
+            key = entry.admission.authenticate(dialect.authorization(request))
             entry.stream.check(request)
             request.media_type = check_media_type(request.headers.get("content-type"), dialect.media_types)
             body = await self._body(request, receive, body_read)
@@ -219,9 +225,16 @@ class Pipeline:
                 self._limits.max_decompressed_bytes,
             )
             decoded = dialect.decode(body, request, self._decode_limits)
-            if decoded.events:
-                entry.admission.admit(key, len(decoded.events))
-                accepted = await entry.stream.submit(decoded, request, trace, span)
+            count = len(decoded.events)
+            if count:
+                events = self._events(entry.stream.name, dialect.name)
+                try:
+                    entry.admission.admit(key, count)
+                    accepted = await entry.stream.submit(decoded, request, trace, span)
+                except Refusal:
+                    events[1].inc(count)
+                    raise
+                events[0].inc(count)
             else:
                 accepted = Accepted([])
             return dialect.answer(decoded, accepted, request)
@@ -262,6 +275,16 @@ class Pipeline:
         body = await self._read(receive)
         body_read[0] = True
         return body
+
+    def _events(self, stream: str, dialect: str) -> tuple[Any, Any]:
+        """The accepted and refused event counters of a stream and dialect."""
+        children = self._event_children.get((stream, dialect))
+        if children is None:
+            children = self._event_children[(stream, dialect)] = (
+                self._ingest_events.labels(stream, dialect, "accepted"),
+                self._ingest_events.labels(stream, dialect, "refused"),
+            )
+        return children
 
     def _children(self, path: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency histogram of a path and status (a labels lookup is not free)."""

@@ -72,6 +72,12 @@ class Metrics:
         self.http_requests = Counter(
             "http_requests", "HTTP requests by listener, route and status.", ["listener", "route", "status"], registry=r
         )
+        self.ingest_events = Counter(
+            "gateway_ingest_events",
+            "Events decoded from ingest requests, by stream, dialect and whether the stream took them "
+            "(refused: a rate limit, a full buffer, an open breaker, a failed commit).",
+            ["service", "dialect", "outcome"], registry=r,
+        )
         self.http_duration = Histogram(
             "http_request_duration_seconds", "HTTP request handling time.", ["listener", "route"],
             buckets=LATENCY_BUCKETS, registry=r,

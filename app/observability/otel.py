@@ -28,7 +28,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from app.config import Settings
-from app.core import Outcome, Record, Sink
+from app.core import DeliveryObserver, Outcome, Record, Sink
 from app.observability.tracing import TraceContext
 
 
@@ -128,7 +128,8 @@ class RequestSpan:
                 start_time=started,
                 attributes={**attributes, "messaging.destination.name": sink.topic},
             )
-            settlement = Settlement(deliver, len(records))
+            # An observer already on the records (a protocol's acknowledgement) is told too.
+            settlement = Settlement(deliver, len(records), records[0].settlement if records else None)
             for record in records:
                 record.settlement = settlement
         return outcome
@@ -145,14 +146,16 @@ class Settlement:
     """One submission's ``deliver`` span: counts its records' fates on the trio thread; the last one ends it.
 
     ``failed``: records the topic refused; each then ends up ``dead_lettered`` or ``lost``.
+    ``then``: the observer the records had before (a protocol's acknowledgement), told the same.
     """
 
-    __slots__ = ("_span", "_pending", "delivered", "failed", "dead_lettered", "lost")
+    __slots__ = ("_span", "_pending", "delivered", "failed", "dead_lettered", "lost", "_then")
 
-    def __init__(self, span: Span, events: int) -> None:
+    def __init__(self, span: Span, events: int, then: DeliveryObserver | None = None) -> None:
         self._span = span
         self._pending = events
         self.delivered = self.failed = self.dead_lettered = self.lost = 0
+        self._then = then
 
     def delivered_to(self, dead_letter_topic: bool) -> None:
         if dead_letter_topic:
@@ -160,13 +163,19 @@ class Settlement:
         else:
             self.delivered += 1
         self._settle()
+        if self._then is not None:
+            self._then.delivered_to(dead_letter_topic)
 
     def refused(self) -> None:
         self.failed += 1
+        if self._then is not None:
+            self._then.refused()
 
     def lose(self) -> None:
         self.lost += 1
         self._settle()
+        if self._then is not None:
+            self._then.lose()
 
     def _settle(self) -> None:
         self._pending -= 1

@@ -2,7 +2,9 @@ import gzip
 
 import pytest
 
-from app.http.body import gunzip
+import cramjam
+
+from app.http.body import gunzip, unsnappy
 from app.core import Refusal
 
 
@@ -22,4 +24,21 @@ def test_gunzip_refuses_a_body_that_inflates_past_the_limit() -> None:
 def test_gunzip_refuses_malformed_streams(body: bytes) -> None:
     with pytest.raises(Refusal) as info:
         gunzip(body, 1000)
+    assert info.value.status == 400
+
+
+def test_unsnappy_within_the_limit_and_a_bomb_refused_by_its_stated_length() -> None:
+    block = bytes(cramjam.snappy.compress_raw(b"x" * 1000))
+    assert unsnappy(block, 1000) == b"x" * 1000
+    bomb = bytes(cramjam.snappy.compress_raw(b"\0" * 10_000_000))
+    assert len(bomb) < 500_000
+    with pytest.raises(Refusal) as info:
+        unsnappy(bomb, 1_000_000)
+    assert info.value.status == 413 and "10000000" in info.value.detail
+
+
+@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff\xff\xff", bytes(cramjam.snappy.compress_raw(b"x" * 100))[:-3]])
+def test_unsnappy_refuses_malformed_blocks(body: bytes) -> None:
+    with pytest.raises(Refusal) as info:
+        unsnappy(body, 1000)
     assert info.value.status == 400

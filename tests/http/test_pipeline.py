@@ -44,8 +44,10 @@ async def fallback(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def pipeline(stream: TakesAnything, *, body_timeout: float = 5.0, max_bytes: int = 1000) -> Pipeline:
-    metrics = Metrics()
+def pipeline(
+    stream: TakesAnything, *, body_timeout: float = 5.0, max_bytes: int = 1000, metrics: Metrics | None = None
+) -> Pipeline:
+    metrics = metrics or Metrics()
     admission = Admission("application", metrics, rate_limit=0, burst=10, api_keys=None, clock=trio.current_time)
     routes = [Route("POST", PATH, "application", native.Single(native.LOGS))]
     entries = [Ingest(route, route.dialect, stream, admission) for route in routes if route.dialect]
@@ -158,12 +160,21 @@ async def test_a_body_the_dialect_cannot_take_is_refused_in_its_terms_and_nothin
     assert stream.taken == []
 
 
-async def test_a_refusal_of_the_stream_keeps_its_headers() -> None:
-    stream = TakesAnything()
+async def test_a_refusal_of_the_stream_keeps_its_headers_and_events_are_counted_by_dialect() -> None:
+    stream, metrics = TakesAnything(), Metrics()
+    app = pipeline(stream, metrics=metrics)
+
+    def events(outcome: str) -> float | None:
+        labels = {"service": "application", "dialect": "native", "outcome": outcome}
+        return metrics.registry.get_sample_value("gateway_ingest_events_total", labels)
+
+    assert (events("accepted"), events("refused")) == (0.0, 0.0)
+    assert (await serve(app, [part(EVENT, False)]))["status"] == 202
     stream.refuse = Refusal(503, "buffer full", "retry later", headers={"Retry-After": "7"})
-    answer = await serve(pipeline(stream), [part(EVENT, False)])
+    answer = await serve(app, [part(EVENT, False)])
     assert answer["status"] == 503 and answer["headers"][b"retry-after"] == b"7"
     assert answer["payload"] == {"error": "buffer full", "detail": "retry later"}
+    assert (events("accepted"), events("refused")) == (1.0, 1.0)
 
 
 async def test_a_path_of_the_table_with_another_method_is_405_and_other_paths_go_to_the_fallback() -> None:
