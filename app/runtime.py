@@ -39,6 +39,7 @@ from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
 from app.kafka.producer import KafkaProducer, producer_config
 from app.observability.metrics import Metrics
+from app.outbox.backlog import Backlog
 from app.outbox.relay import Relay
 from app.outbox.writer import OutboxWriter
 from app.profile import ProducerProfile
@@ -145,26 +146,20 @@ class Outbox:
 def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
     if not settings.database_url or "transaction" not in settings.role_set():
         return None
-    relay: Relay | None = None
-
-    def wake_relay() -> None:
-        if relay is not None:
-            relay.wake()
-
+    backlog = Backlog(settings.outbox_max_pending)
     writer = OutboxWriter(
         settings.database_url,
+        backlog,
         metrics,
         max_group_events=settings.outbox_group_events,
         max_queue=settings.outbox_queue,
         max_queue_bytes=settings.outbox_queue_bytes,
-        max_pending=settings.outbox_max_pending,
         write_timeout=settings.outbox_write_timeout,
-        on_commit=wake_relay,
     )
     relay = Relay(
         settings.database_url,
         profile_producer_config(settings, "transaction"),
-        writer,
+        backlog,
         metrics,
         transactional_id=settings.relay_transactional_id,
         checkpoint_topic=settings.checkpoint_topic,

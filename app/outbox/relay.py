@@ -30,7 +30,7 @@ from app.db.database import DatabaseUnavailable
 from app.kafka.errors import KafkaError
 from app.kafka.transactional import OutgoingRecord, TransactionalPublisher
 from app.observability.metrics import Metrics
-from app.outbox.writer import OutboxWriter
+from app.outbox.backlog import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Relay:
         self,
         url: str,
         producer_config: dict[str, Any],
-        writer: OutboxWriter,
+        backlog: Backlog,
         metrics: Metrics,
         *,
         transactional_id: str,
@@ -58,7 +58,7 @@ class Relay:
     ) -> None:
         self._url = url
         self._producer_config = producer_config
-        self._writer = writer
+        self._backlog = backlog
         self._metrics = metrics
         self._transactional_id = transactional_id
         self._checkpoint_topic = checkpoint_topic
@@ -66,7 +66,6 @@ class Relay:
         self._poll_interval = poll_interval
         self._kafka_timeout = kafka_timeout
         self._retention = retention
-        self._work = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
         self._conn: Any = None
         self._publisher: TransactionalPublisher | None = None
@@ -82,10 +81,6 @@ class Relay:
 
     def _is_in(self, state: RelayState) -> float:
         return 1.0 if self.state is state else 0.0
-
-    def wake(self) -> None:
-        """New rows were committed: publish them without waiting for the poll interval."""
-        self._work.set()
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(self._conn, *args), limiter=self._limiter)
@@ -148,11 +143,11 @@ class Relay:
         while True:
             await self._refresh_stats()
             await self._purge()
+            committed_before = self._backlog.committed_events
             rows: list[store.PendingRow] = await self._db(store.pending, self._batch_size)
             if not rows:
-                self._work = trio.Event()
-                with trio.move_on_after(self._poll_interval):
-                    await self._work.wait()
+                # New commits wake the relay at once, those made during the look above included.
+                await self._backlog.wait_for_commits(committed_before, self._poll_interval)
                 continue
             records = [OutgoingRecord(r.id, r.topic, r.key, r.payload, r.headers) for r in rows]
             positions = await trio.to_thread.run_sync(
@@ -160,18 +155,18 @@ class Relay:
             )
             await self._db(store.mark_published, positions)
             self._metrics.outbox_published.inc(len(positions))
-            self._writer.pending_estimate = max(0, self._writer.pending_estimate - len(positions))
+            self._backlog.published(len(positions))
 
     async def _refresh_stats(self, *, force: bool = False) -> None:
         now = trio.current_time()
         if now < self._next_stats and not force:
             return
         self._next_stats = now + 1.0
-        committed_before = self._writer.committed_events
-        backlog: store.Backlog = await self._db(store.backlog)
-        self._writer.counted(backlog.pending, committed_before)
-        self._metrics.outbox_pending.set(backlog.pending)
-        self._metrics.outbox_oldest_pending_age.set(backlog.oldest_pending_age)
+        committed_before = self._backlog.committed_events
+        count: store.Backlog = await self._db(store.backlog)
+        self._backlog.counted(count.pending, committed_before)
+        self._metrics.outbox_pending.set(count.pending)
+        self._metrics.outbox_oldest_pending_age.set(count.oldest_pending_age)
 
     async def _purge(self) -> None:
         now = trio.current_time()

@@ -10,7 +10,7 @@ unreachable database is answered at once, never by waiting longer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import trio
 from app.db import outbox as store
 from app.db.database import DatabaseUnavailable
 from app.observability.metrics import Metrics
+from app.outbox.backlog import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +40,19 @@ class OutboxWriter:
     def __init__(
         self,
         url: str,
+        backlog: Backlog,
         metrics: Metrics,
         *,
         max_group_events: int,
         max_queue: int,
         max_queue_bytes: int,
-        max_pending: int,
         write_timeout: float,
-        on_commit: Callable[[], None],
     ) -> None:
         self._url = url
+        self._backlog = backlog
         self._metrics = metrics
         self._max_group_events = max_group_events
-        self._max_pending = max_pending
         self._write_timeout = write_timeout
-        self._on_commit = on_commit
         self._send, self._receive = trio.open_memory_channel[_Request](max_queue)
         self._max_queue_bytes = max_queue_bytes
         self.queued_bytes = 0
@@ -61,15 +60,11 @@ class OutboxWriter:
         self._conn: Any = None
         self._reader: Any = None
         self._reader_limiter = trio.CapacityLimiter(1)
-        # Refreshed by the relay from the table; raised here by every commit in between.
-        self.pending_estimate = 0
-        # Events this writer has committed, ever: what a count of the table may have missed.
-        self.committed_events = 0
 
     async def write(self, entries: Sequence[store.OutboxEntry]) -> list[store.Accepted]:
         """Commit ``entries`` (all or none); raises OutboxUnavailable or IdempotencyConflict."""
-        if self.pending_estimate + len(entries) > self._max_pending:
-            raise OutboxUnavailable(f"the outbox backlog is over its limit of {self._max_pending} events")
+        if not self._backlog.admits(len(entries)):
+            raise OutboxUnavailable(f"the outbox backlog is over its limit of {self._backlog.limit} events")
         request = _Request(entries, sum(len(entry.key) + len(entry.payload) for entry in entries))
         if self.queued_bytes + request.size > self._max_queue_bytes:
             raise OutboxUnavailable(f"the outbox write queue is full ({self._max_queue_bytes} bytes)")
@@ -126,11 +121,9 @@ class OutboxWriter:
         else:
             for request, result in zip(group, results):
                 request.result = result
-            self.pending_estimate += events
-            self.committed_events += events
+            self._backlog.committed(events)
             self._metrics.outbox_commits.observe(events)
             self._metrics.outbox_commit_duration.observe(trio.current_time() - started)
-            self._on_commit()
         for request in group:
             request.done.set()
 
@@ -143,14 +136,6 @@ class OutboxWriter:
             self._conn.close()
             self._conn = None
             raise
-
-    def counted(self, pending: int, committed_before: int) -> None:
-        """Take a count of the table's pending rows, started when ``committed_events`` was ``committed_before``.
-
-        Rows this writer committed while the count was under way may be missing from it: they
-        are added, so the backlog bound errs on the side of the limit, never past it.
-        """
-        self.pending_estimate = pending + self.committed_events - committed_before
 
     async def status(self, event_id: Any) -> store.EventStatus | None:
         """Where an event stands (pending or published); raises DatabaseUnavailable."""

@@ -22,6 +22,7 @@ from app.kafka.admin import ensure_topics
 from app.kafka.connection import connection_config
 from app.kafka.transactional import OutgoingRecord, TransactionalPublisher
 from app.observability.metrics import Metrics
+from app.outbox.backlog import Backlog
 from app.outbox.relay import Relay
 from app.outbox.writer import OutboxWriter
 from app.runtime import profile_producer_config, topic_specs
@@ -65,22 +66,23 @@ def records_of(rows: list[store.PendingRow]) -> list[OutgoingRecord]:
     return [OutgoingRecord(r.id, r.topic, r.key, r.payload, r.headers) for r in rows]
 
 
-def writer_and_relay(settings: Settings, metrics: Metrics) -> tuple[OutboxWriter, Relay]:
+def writer_and_relay(settings: Settings, metrics: Metrics) -> tuple[Backlog, OutboxWriter, Relay]:
+    backlog = Backlog(1000)
     writer = OutboxWriter(
-        settings.database_url, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
-        max_pending=1000, write_timeout=5, on_commit=lambda: None,
+        settings.database_url, backlog, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
+        write_timeout=5,
     )
     relay = Relay(
-        settings.database_url, profile_producer_config(settings, "transaction"), writer, metrics,
+        settings.database_url, profile_producer_config(settings, "transaction"), backlog, metrics,
         transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
         batch_size=100, poll_interval=0.1, kafka_timeout=10, retention=dt.timedelta(days=1),
     )
-    return writer, relay
+    return backlog, writer, relay
 
 
 async def run_relay_until_published(settings: Settings, conn: psycopg.Connection[object]) -> Metrics:
     metrics = Metrics()
-    writer, relay = writer_and_relay(settings, metrics)
+    _, _, relay = writer_and_relay(settings, metrics)
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.run)
         with trio.fail_after(60):
@@ -150,7 +152,7 @@ async def test_rows_committed_while_the_backlog_is_counted_count_against_its_bou
     insert(prepared, settings, 2)
     assert store.try_lead(prepared), "this test holds the lead: the relay only counts, it publishes nothing"
     metrics = Metrics()
-    writer, relay = writer_and_relay(settings, metrics)
+    backlog, writer, relay = writer_and_relay(settings, metrics)
     count = store.backlog
     counts: list[store.Backlog] = []
 
@@ -167,9 +169,9 @@ async def test_rows_committed_while_the_backlog_is_counted_count_against_its_bou
         await nursery.start(writer.run)
         await nursery.start(relay.run)
         with trio.fail_after(30):
-            while writer.pending_estimate < 2:  # 1 after the commit, then the relay's estimate
+            while backlog.estimate < 2:  # 1 after the commit, then the relay's estimate
                 await trio.sleep(0.01)
-        estimate = writer.pending_estimate
+        estimate = backlog.estimate
         nursery.cancel_scope.cancel()
     assert counts[0].pending == 2, "the first count missed the row committed during it"
     assert estimate == 3, "the committed row is in the estimate all the same"
