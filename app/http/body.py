@@ -1,16 +1,10 @@
-"""Request bodies: content type, size limits and content decoding (gzip, snappy), checked before any decoding.
-
-Both decoders are bounded before they inflate: gzip a chunk at a time up to the limit, snappy by
-the uncompressed length its block header states, so a bomb costs nothing.
-"""
+"""Request bodies: content type, size limits and content decoding (gzip, snappy), checked before any decoding."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Collection
 
-import cramjam
-
+from app.compression import gunzip, unsnappy
 from app.core import Refusal
 
 
@@ -50,31 +44,3 @@ def decode_content(body: bytes, content_encoding: str | None, max_bytes: int, ma
     if encoding == "snappy":
         return unsnappy(body, max_decompressed_bytes)
     raise Refusal(415, "unsupported content encoding", f"Content-Encoding {encoding!r}: use gzip, snappy or none")
-
-
-def gunzip(body: bytes, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise Refusal(400, "malformed gzip body", str(error)) from None
-    if len(data) > limit or decompressor.unconsumed_tail:
-        raise Refusal(413, "payload too large", f"the body decompresses to more than {limit} bytes")
-    if not decompressor.eof:
-        raise Refusal(400, "malformed gzip body", "the gzip stream is truncated")
-    return data
-
-
-def unsnappy(body: bytes, limit: int) -> bytes:
-    """A snappy block (the raw format Prometheus remote_write and Loki send, not the framed one);
-    413 when its header states more than ``limit`` bytes, before anything is inflated."""
-    try:
-        length = cramjam.snappy.decompress_raw_len(body)
-    except cramjam.DecompressionError as error:
-        raise Refusal(400, "malformed snappy body", str(error)) from None
-    if length > limit:
-        raise Refusal(413, "payload too large", f"the body decompresses to {length} bytes, the limit is {limit}")
-    try:
-        return bytes(cramjam.snappy.decompress_raw(body))
-    except cramjam.DecompressionError as error:
-        raise Refusal(400, "malformed snappy body", str(error)) from None

@@ -4,7 +4,7 @@ import pytest
 
 import cramjam
 
-from app.http.body import gunzip, unsnappy
+from app.compression import gunzip, unsnappy
 from app.core import Refusal
 
 
