@@ -38,9 +38,10 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one request may hold once decoded."""
+    """What one request may hold once decoded (and inflated, for a dialect that inflates itself)."""
 
     max_events: int
+    max_decompressed_bytes: int = 0
 
 
 @dataclass(slots=True)

@@ -135,7 +135,7 @@ class Pipeline:
         self._fallback = fallback
         self._tracer = tracer
         self._limits = limits
-        self._decode_limits = Limits(limits.max_events)
+        self._decode_limits = Limits(limits.max_events, limits.max_decompressed_bytes)
         self._requests = metrics.http_requests
         self._duration = metrics.http_duration
         self._metric_children: dict[tuple[str, int], tuple[Any, Any]] = {}
