@@ -24,7 +24,32 @@ READY_CACHE_SECONDS = 1.0
 
 
 class DatabaseUnavailable(Exception):
-    """PostgreSQL could not be reached or refused a statement."""
+    """PostgreSQL could not be reached, the connection broke, or a wait ran past its bound: retry later."""
+
+
+class DatabaseError(Exception):
+    """PostgreSQL refused a statement for what it is (SQL, schema, a constraint): a bug, not an outage.
+
+    ``sqlstate`` is the server's error code, when the server sent one.
+    """
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def translate(error: psycopg.Error) -> DatabaseUnavailable | DatabaseError:
+    """The project's exception for a psycopg error: only connection-level errors mean unavailable.
+
+    ``OperationalError`` covers a failed or broken connection, the server shutting down, too many
+    connections, and the bounded waits (``lock_timeout``, ``statement_timeout``, a serialization
+    failure or deadlock); ``InterfaceError`` a connection closed on this side. Everything else
+    (``ProgrammingError``, ``IntegrityError``, ``DataError``...) is a bug that retrying will not fix.
+    """
+    message = str(error).strip()
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return DatabaseUnavailable(message)
+    return DatabaseError(message, error.sqlstate)
 
 
 def connect(url: str, *, timeout: float, statement_timeout: float, autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -58,7 +83,9 @@ def connect(url: str, *, timeout: float, statement_timeout: float, autocommit: b
             options=" ".join(o for o in options if o),
             **{name: value for name, value in defaults.items() if name not in given},
         )
-    except psycopg.Error as error:  # a malformed URL included
+    except psycopg.Error as error:
+        # Connecting only fails at the connection level; a URL it cannot use, too, is the
+        # database out of reach as configured (answered 503, reported by /ready).
         raise DatabaseUnavailable(str(error).strip()) from None
 
 
@@ -96,7 +123,7 @@ def apply_migrations(url: str, *, timeout: float) -> list[str]:
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                     applied.append(version)
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise translate(error) from None
     return applied
 
 
@@ -106,7 +133,7 @@ def ping(url: str, *, timeout: float) -> None:
         with connect(url, timeout=timeout, statement_timeout=timeout) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise translate(error) from None
 
 
 class Database:
@@ -116,9 +143,15 @@ class Database:
         self._url = url
         self._timeout = timeout
         self._limiter = trio.CapacityLimiter(2)
-        self.migrated = False
+        # Set once the migrations are applied: the outbox's writer and relay touch no table before.
+        self.schema_ready = trio.Event()
+        self._migration_failure: str | None = None
         self._probe_at = -math.inf
         self._probe_result: str | None = "not probed yet"
+
+    @property
+    def migrated(self) -> bool:
+        return self.schema_ready.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply migrations, retrying with backoff until PostgreSQL accepts them."""
@@ -126,32 +159,49 @@ class Database:
         delay = 0.5
         while True:
             try:
-                with trio.fail_after(self._timeout * 4):
-                    applied = await trio.to_thread.run_sync(
-                        lambda: apply_migrations(self._url, timeout=self._timeout), limiter=self._limiter
-                    )
-            except (DatabaseUnavailable, trio.TooSlowError) as error:
+                # No deadline: connect() bounds connecting, lock waits and a silent server, and a migration's
+                # statements may take long by design. Abandoned on cancel (shutdown): the connection is its own
+                # and is never used again, and PostgreSQL rolls back a migration it does not see committed.
+                applied = await trio.to_thread.run_sync(
+                    lambda: apply_migrations(self._url, timeout=self._timeout),
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+            except DatabaseUnavailable as error:
+                self._migration_failure = str(error)
                 log.warning("database migrations not applied yet (retrying in %.1fs): %s", delay, error)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            if applied:
-                log.info("applied database migrations %s", ", ".join(applied))
-            self.migrated = True
-            return
+            except DatabaseError as error:
+                # Refused for what it is (a privilege missing, a table changed by hand): it takes a person, so it is
+                # said once per distinct error and tried again at the longest delay, in case it was fixed.
+                if str(error) != self._migration_failure:
+                    log.error("database migrations refused (retrying every %.0fs until they apply): %s", 10.0, error)
+                self._migration_failure = str(error)
+                delay = 10.0
+            else:
+                if applied:
+                    log.info("applied database migrations %s", ", ".join(applied))
+                self._migration_failure = None
+                self.schema_ready.set()
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def probe(self) -> str | None:
         if not self.migrated:
-            return "database schema not migrated yet"
+            failure = self._migration_failure
+            return f"database schema not migrated yet: {failure}" if failure else "database schema not migrated yet"
         if trio.current_time() - self._probe_at < READY_CACHE_SECONDS:
             return self._probe_result
         try:
+            # The deadline really bounds the ping: an abandoned thread's answer is discarded, its connection its own.
             with trio.fail_after(self._timeout + 1.0):
                 await trio.to_thread.run_sync(
                     lambda: ping(self._url, timeout=self._timeout), limiter=self._limiter, abandon_on_cancel=True
                 )
         except DatabaseUnavailable as error:
             result: str | None = f"database unreachable: {error}"
+        except DatabaseError as error:
+            result = f"database refused the readiness query: {error}"
         except trio.TooSlowError:
             result = f"database did not answer within {self._timeout:.1f}s"
         else:

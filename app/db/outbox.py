@@ -1,7 +1,9 @@
 """The outbox table: the SQL of the transaction path. Only this package sees psycopg.
 
 Functions here block; the trio side calls them through ``trio.to_thread`` with a limiter
-that gives each connection to one thread at a time.
+that gives each connection to one thread at a time. They raise ``DatabaseUnavailable`` when
+the connection failed or a bounded wait ran out, and ``DatabaseError`` when PostgreSQL refused
+the statement itself (see :func:`app.db.database.translate`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import msgspec
 import psycopg
 
 from app.db import database
-from app.db.database import DatabaseUnavailable
 
 # The relay leader holds this session advisory lock; one per schema, so that several
 # deployments (or test runs) can share a database.
@@ -144,7 +145,7 @@ def commit_group(conn: psycopg.Connection[Any], requests: Sequence[Sequence[Outb
                     if isinstance(result, list) and any(a.event_id in removed for a in result):
                         results[index] = RetryableConflict("retry: a request with the same key was refused")
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return results
 
 
@@ -174,7 +175,7 @@ def event_status(conn: psycopg.Connection[Any], event_id: uuid.UUID) -> EventSta
             (event_id,),
         ).fetchone()
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return EventStatus(*row) if row else None
 
 
@@ -185,7 +186,7 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
             " FROM outbox WHERE published_at IS NULL"
         ).fetchone()
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     assert row is not None
     return Backlog(int(row[0]), float(row[1]))
 
@@ -195,7 +196,7 @@ def try_lead(conn: psycopg.Connection[Any]) -> bool:
     try:
         row = conn.execute(f"SELECT pg_try_advisory_lock({RELAY_LOCK_SQL})").fetchone()
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return bool(row and row[0])
 
 
@@ -207,7 +208,7 @@ def pending(conn: psycopg.Connection[Any], limit: int) -> list[PendingRow]:
             (limit,),
         ).fetchall()
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return [
         PendingRow(id_, event_id, topic, bytes(key), bytes(payload), [(k, v.encode()) for k, v in _decode_headers(headers)])
         for id_, event_id, topic, key, payload, headers in rows
@@ -226,7 +227,7 @@ def mark_published(conn: psycopg.Connection[Any], rows: Sequence[tuple[int, int,
             ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
         )
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return cursor.rowcount
 
 
@@ -238,7 +239,7 @@ def purge_published(conn: psycopg.Connection[Any], older_than: dt.timedelta, lim
             (older_than, limit),
         )
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return cursor.rowcount
 
 
@@ -251,7 +252,7 @@ def replay_since(conn: psycopg.Connection[Any], since: dt.datetime) -> int:
             (since,),
         )
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     return cursor.rowcount
 
 
@@ -267,7 +268,7 @@ def summary(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             " FROM outbox"
         ).fetchone()
     except psycopg.Error as error:
-        raise DatabaseUnavailable(str(error).strip()) from None
+        raise database.translate(error) from None
     assert row is not None
     return {
         "pending": row[0],

@@ -92,6 +92,14 @@ class Metrics:
         self.outbox_publish_failures = Counter(
             "outbox_publish_failures", "Relay attempts that failed and started over.", registry=r
         )
+        self.outbox_errors = Counter(
+            "outbox_errors",
+            "Outbox operations PostgreSQL refused for what they are, not for an outage (a bug to look into):"
+            " write requests, status lookups and relay attempts, by kind (write, status, relay).",
+            ["kind"], registry=r,
+        )
+        for kind in ("write", "status", "relay"):  # every series from the start, at 0
+            self.outbox_errors.labels(kind)
         self.outbox_relay_state = Gauge(
             "outbox_relay_state", "1 for the relay's current state (standby, leading, failing).", ["state"], registry=r
         )

@@ -9,7 +9,7 @@ import sys
 
 from app.config import Settings
 from app.db import outbox as store
-from app.db.database import DatabaseUnavailable, apply_migrations
+from app.db.database import DatabaseError, DatabaseUnavailable, apply_migrations
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,5 +47,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 print(json.dumps({"replayed": count, "since": args.since.isoformat()}))
     except DatabaseUnavailable as error:
         print(f"database unavailable: {error}", file=sys.stderr)
+        return 1
+    except DatabaseError as error:
+        print(f"database refused the command: {error}", file=sys.stderr)
         return 1
     return 0

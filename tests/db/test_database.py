@@ -12,7 +12,10 @@ import pytest
 import trio
 
 from app.db import outbox as store
-from app.db.database import MIGRATION_LOCK, DatabaseUnavailable, apply_migrations, connect, migrations, ping
+from app.db import database as database_module
+from app.db.database import (
+    MIGRATION_LOCK, Database, DatabaseError, DatabaseUnavailable, apply_migrations, connect, migrations, ping,
+)
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
@@ -98,3 +101,46 @@ def test_pgoptions_is_kept_when_the_url_gives_no_options(infra: Infra, monkeypat
     with connect(infra.database_url, timeout=2, statement_timeout=3) as conn:
         row = conn.execute("SELECT current_setting('work_mem'), current_setting('statement_timeout')").fetchone()
     assert row == ("7MB", "3s")
+
+
+def test_a_migration_postgresql_refuses_is_a_database_error(fresh_database: str) -> None:
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE outbox (id INTEGER)")  # made by hand, in the migration's way
+    with pytest.raises(DatabaseError, match="already exists") as raised:
+        apply_migrations(fresh_database, timeout=5)
+    assert not isinstance(raised.value, DatabaseUnavailable) and raised.value.sqlstate == "42P07"
+
+
+async def test_the_database_task_reports_a_refused_migration_once_and_stays_not_ready(
+    fresh_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE outbox (id INTEGER)")
+    database = Database(fresh_database, timeout=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(database.run)
+        with trio.fail_after(20):
+            while not caplog.records:
+                await trio.sleep(0.05)
+        assert "already exists" in (await database.probe() or "")
+        nursery.cancel_scope.cancel()
+    assert not database.schema_ready.is_set() and not database.migrated
+    assert [(r.levelname, "already exists" in r.getMessage()) for r in caplog.records] == [("ERROR", True)]
+
+
+async def test_the_database_task_sets_schema_ready_once_migrated(fresh_database: str) -> None:
+    database = Database(fresh_database, timeout=2)
+    assert await database.probe() == "database schema not migrated yet"
+    await database.run()  # returns once the migrations are applied
+    assert database.schema_ready.is_set() and database.migrated
+    assert await database.probe() is None
+
+
+async def test_a_migration_stuck_in_its_thread_does_not_hold_up_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake: a migration that no timeout of psycopg's ends (a statement of a large table's migration, say).
+    monkeypatch.setattr(database_module, "apply_migrations", lambda url, timeout: time.sleep(3))
+    database = Database("postgresql://unused", timeout=1)
+    started = time.monotonic()
+    with trio.move_on_after(0.2):
+        await database.run()
+    assert time.monotonic() - started < 1.5

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from app.db import outbox as store
-from app.db.database import apply_migrations
+from app.db.database import DatabaseError, DatabaseUnavailable, apply_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +62,33 @@ def test_marking_is_idempotent_and_retention_purges_only_published_rows(conn: ps
     assert store.purge_published(conn, dt.timedelta(0)) == 3
     assert store.backlog(conn).pending == 2
     assert store.replay_since(conn, dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)) == 0
+
+
+def test_a_constraint_violation_is_a_database_error_and_the_connection_stays_usable(
+    conn: psycopg.Connection[Any],
+) -> None:
+    twice = entry()
+    with pytest.raises(DatabaseError, match="duplicate key") as raised:
+        store.commit_group(conn, [[twice, twice]])
+    assert not isinstance(raised.value, DatabaseUnavailable) and raised.value.sqlstate == "23505"
+    assert store.backlog(conn).pending == 0, "nothing of the refused transaction is left"
+    assert store.commit_group(conn, [[entry()]])[0][0].replayed is False  # type: ignore[index]
+
+
+def test_a_schema_made_wrong_is_a_database_error(conn: psycopg.Connection[Any], database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("ALTER TABLE outbox DROP COLUMN headers")
+    with pytest.raises(DatabaseError, match="headers") as raised:
+        store.pending(conn, 10)
+    assert raised.value.sqlstate == "42703"  # undefined_column
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("DROP TABLE outbox")
+    with pytest.raises(DatabaseError, match='relation "outbox" does not exist'):
+        store.backlog(conn)
+
+
+def test_a_connection_the_server_ended_is_unavailable(conn: psycopg.Connection[Any], database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+    with pytest.raises(DatabaseUnavailable):
+        store.backlog(conn)
