@@ -146,11 +146,13 @@ class Outbox:
 def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
     if not settings.database_url or "transaction" not in settings.role_set():
         return None
+    database = Database(settings.database_url, timeout=settings.ready_timeout)
     backlog = Backlog(settings.outbox_max_pending)
     writer = OutboxWriter(
         settings.database_url,
         backlog,
         metrics,
+        schema_ready=database.schema_ready,
         max_group_events=settings.outbox_group_events,
         max_queue=settings.outbox_queue,
         max_queue_bytes=settings.outbox_queue_bytes,
@@ -161,6 +163,7 @@ def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
         profile_producer_config(settings, "transaction"),
         backlog,
         metrics,
+        schema_ready=database.schema_ready,
         transactional_id=settings.relay_transactional_id,
         checkpoint_topic=settings.checkpoint_topic,
         batch_size=settings.outbox_relay_batch,
@@ -168,7 +171,7 @@ def build_outbox(settings: Settings, metrics: Metrics) -> Outbox | None:
         kafka_timeout=settings.outbox_kafka_timeout,
         retention=dt.timedelta(hours=settings.outbox_retention_hours),
     )
-    return Outbox(Database(settings.database_url, timeout=settings.ready_timeout), writer, relay)
+    return Outbox(database, writer, relay)
 
 
 def build_upstreams(settings: Settings, metrics: Metrics) -> dict[str, Upstream]:

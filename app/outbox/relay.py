@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from app.db import outbox as store
-from app.db.database import DatabaseUnavailable
+from app.db.database import DatabaseError, DatabaseUnavailable
 from app.kafka.errors import KafkaError
 from app.kafka.transactional import OutgoingRecord, TransactionalPublisher
 from app.observability.metrics import Metrics
@@ -49,6 +49,7 @@ class Relay:
         backlog: Backlog,
         metrics: Metrics,
         *,
+        schema_ready: trio.Event,
         transactional_id: str,
         checkpoint_topic: str,
         batch_size: int,
@@ -59,6 +60,7 @@ class Relay:
         self._url = url
         self._producer_config = producer_config
         self._backlog = backlog
+        self._schema_ready = schema_ready
         self._metrics = metrics
         self._transactional_id = transactional_id
         self._checkpoint_topic = checkpoint_topic
@@ -71,6 +73,7 @@ class Relay:
         self._publisher: TransactionalPublisher | None = None
         self._next_stats = 0.0
         self._next_purge = 0.0
+        self._reported: str | None = None  # the last persistent failure logged
         self.state = RelayState.STANDBY
         for state in RelayState:
             metrics.outbox_relay_state.labels(state.value).set_function(partial(self._is_in, state))
@@ -86,16 +89,22 @@ class Relay:
         return await trio.to_thread.run_sync(lambda: fn(self._conn, *args), limiter=self._limiter)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Lead or stand by, publishing while leading, until cancelled; starts once the schema is migrated."""
         task_status.started()
+        # Every step reads the outbox table: none before the migrations created it. (A cancellable wait.)
+        await self._schema_ready.wait()
         backoff = 0.5
         while True:
             try:
                 await self._serve()
+            except DatabaseError as error:
+                self._failed()
+                self._metrics.outbox_errors.labels("relay").inc()
+                self._report_once(f"PostgreSQL refused a statement (a bug, not an outage): {error}")
             except (DatabaseUnavailable, KafkaError) as error:
                 if self.state is RelayState.LEADING:
                     backoff = 0.5
-                self.state = RelayState.FAILING
-                self._metrics.outbox_publish_failures.inc()
+                self._failed()
                 log.warning("outbox relay: %s (starting over in %.1fs)", error, backoff)
             except Exception:
                 # Starting over from the checkpoint is always safe; taking the process down is not needed.
@@ -106,6 +115,16 @@ class Relay:
                 await self._close()
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _failed(self) -> None:
+        self.state = RelayState.FAILING
+        self._metrics.outbox_publish_failures.inc()
+
+    def _report_once(self, message: str) -> None:
+        # Starting over does not fix this by itself: said once per distinct message, not at every retry.
+        if message != self._reported:
+            self._reported = message
+            log.error("outbox relay: %s (starting over every few seconds until it is fixed)", message)
 
     async def _close(self) -> None:
         self._publisher = None  # a discarded producer's statistics are not the relay's
@@ -140,6 +159,7 @@ class Relay:
             if recovered:
                 log.info("outbox relay: marked %d rows published from the Kafka checkpoint", recovered)
         self.state = RelayState.LEADING
+        self._reported = None
         while True:
             await self._refresh_stats()
             await self._purge()

@@ -5,6 +5,9 @@ the commit. The writer task takes whatever requests are queued, up to a group si
 commits them together, so throughput grows with concurrency instead of being bounded by
 one fsync per request. The queue is bounded: a full queue, a backlog past its limit or an
 unreachable database is answered at once, never by waiting longer.
+
+A group PostgreSQL refuses for what it holds (not for an outage) is committed again one request
+at a time, so that only the requests refused fail, with :class:`OutboxError`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import trio
 
 from app.db import outbox as store
-from app.db.database import DatabaseUnavailable
+from app.db.database import DatabaseError, DatabaseUnavailable
 from app.observability.metrics import Metrics
 from app.outbox.backlog import Backlog
 
@@ -25,7 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class OutboxUnavailable(Exception):
-    """The outbox cannot take the request now (database away, backlog or queue full)."""
+    """The outbox cannot take the request now (database away, backlog or queue full): retry later (503)."""
+
+
+class OutboxError(Exception):
+    """PostgreSQL refused the request or lookup for what it is, not for an outage: a bug (500), not worth a retry."""
+
+
+# What one request of a group came to: its result, or why it was not committed.
+_Outcome = store.RequestResult | DatabaseUnavailable | DatabaseError
 
 
 @dataclass(slots=True)
@@ -43,6 +54,7 @@ class OutboxWriter:
         backlog: Backlog,
         metrics: Metrics,
         *,
+        schema_ready: trio.Event,
         max_group_events: int,
         max_queue: int,
         max_queue_bytes: int,
@@ -50,6 +62,7 @@ class OutboxWriter:
     ) -> None:
         self._url = url
         self._backlog = backlog
+        self._schema_ready = schema_ready
         self._metrics = metrics
         self._max_group_events = max_group_events
         self._write_timeout = write_timeout
@@ -62,7 +75,15 @@ class OutboxWriter:
         self._reader_limiter = trio.CapacityLimiter(1)
 
     async def write(self, entries: Sequence[store.OutboxEntry]) -> list[store.Accepted]:
-        """Commit ``entries`` (all or none); raises OutboxUnavailable or IdempotencyConflict."""
+        """Commit ``entries`` (all or none).
+
+        Raises OutboxUnavailable (the database is away, slow or not migrated yet, the queue or
+        backlog is full: retry later), RetryableConflict (retry at once), IdempotencyConflict
+        (the key was used with another body), or OutboxError (PostgreSQL refused the request
+        itself: a bug, to answer 500).
+        """
+        if not self._schema_ready.is_set():
+            raise OutboxUnavailable("the database schema is not migrated yet")
         if not self._backlog.admits(len(entries)):
             raise OutboxUnavailable(f"the outbox backlog is over its limit of {self._backlog.limit} events")
         request = _Request(entries, sum(len(entry.key) + len(entry.payload) for entry in entries))
@@ -97,37 +118,78 @@ class OutboxWriter:
                         group.append(request)
                         events += len(request.entries)
                     self.queued_bytes -= sum(request.size for request in group)
-                    await self._commit(group, events)
+                    await self._commit(group)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await trio.to_thread.run_sync(self._close_connections, limiter=self._limiter)
+                # Each connection is closed under its own limiter, so never while a thread uses it; abandoned
+                # past the bound, as nothing uses either connection again.
+                await trio.to_thread.run_sync(self._close_writer, limiter=self._limiter, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(self._close_reader, limiter=self._reader_limiter, abandon_on_cancel=True)
 
-    def _close_connections(self) -> None:
-        for conn in (self._conn, self._reader):
-            if conn is not None:
-                conn.close()
-        self._conn = self._reader = None
+    def _close_writer(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
-    async def _commit(self, group: list[_Request], events: int) -> None:
+    def _close_reader(self) -> None:
+        conn, self._reader = self._reader, None
+        if conn is not None:
+            conn.close()
+
+    async def _commit(self, group: list[_Request]) -> None:
         started = trio.current_time()
         try:
-            results = await trio.to_thread.run_sync(
+            # No deadline: connect_timeout, statement_timeout and tcp_user_timeout bound the call inside, and
+            # it is not abandoned, since its results must reach the requests and its connection is used again.
+            outcomes: list[_Outcome] = await trio.to_thread.run_sync(
                 self._commit_sync, [r.entries for r in group], limiter=self._limiter
             )
-        except DatabaseUnavailable as error:
-            log.warning("outbox commit of %d requests failed: %s", len(group), error)
-            for request in group:
-                request.result = OutboxUnavailable(f"database unavailable: {error}")
-        else:
-            for request, result in zip(group, results):
-                request.result = result
-            self._backlog.committed(events)
-            self._metrics.outbox_commits.observe(events)
+        except (DatabaseUnavailable, DatabaseError) as error:
+            outcomes = [error] * len(group)
+        committed = 0
+        unavailable: list[DatabaseUnavailable] = []
+        refused: dict[str, int] = {}
+        for request, outcome in zip(group, outcomes):
+            if isinstance(outcome, DatabaseUnavailable):
+                request.result = OutboxUnavailable(f"database unavailable: {outcome}")
+                unavailable.append(outcome)
+            elif isinstance(outcome, DatabaseError):
+                request.result = OutboxError(f"the outbox refused the request: {outcome}")
+                refused[str(outcome)] = refused.get(str(outcome), 0) + 1
+            else:
+                request.result = outcome
+                committed += len(request.entries)
+        if unavailable:
+            log.warning("outbox commit of %d requests failed: %s", len(unavailable), unavailable[0])
+        for message, count in refused.items():
+            log.error("outbox commit of %d requests refused by PostgreSQL (a bug, answered 500): %s", count, message)
+            self._metrics.outbox_errors.labels("write").inc(count)
+        if committed:
+            self._backlog.committed(committed)
+            self._metrics.outbox_commits.observe(committed)
             self._metrics.outbox_commit_duration.observe(trio.current_time() - started)
         for request in group:
             request.done.set()
 
-    def _commit_sync(self, requests: list[Sequence[store.OutboxEntry]]) -> list[store.RequestResult]:
+    def _commit_sync(self, requests: list[Sequence[store.OutboxEntry]]) -> list[_Outcome]:
+        try:
+            return list(self._commit_on_connection(requests))
+        except DatabaseError:
+            if len(requests) == 1:
+                raise
+        # One request may be what PostgreSQL refused: each alone, so that only the refused ones fail.
+        outcomes: list[_Outcome] = []
+        for index, request in enumerate(requests):
+            try:
+                outcomes.extend(self._commit_on_connection([request]))
+            except DatabaseError as error:
+                outcomes.append(error)
+            except DatabaseUnavailable as error:  # the rest are not tried: they would wait for the same outage
+                outcomes.extend([error] * (len(requests) - index))
+                break
+        return outcomes
+
+    def _commit_on_connection(self, requests: list[Sequence[store.OutboxEntry]]) -> list[store.RequestResult]:
         if self._conn is None or self._conn.closed:
             self._conn = store.connect(self._url, timeout=self._write_timeout)
         try:
@@ -138,7 +200,11 @@ class OutboxWriter:
             raise
 
     async def status(self, event_id: Any) -> store.EventStatus | None:
-        """Where an event stands (pending or published); raises DatabaseUnavailable."""
+        """Where an event stands (pending or published).
+
+        Raises DatabaseUnavailable (away, or no answer within twice the write timeout: 503) or
+        OutboxError (PostgreSQL refused the lookup itself: a bug, answered 500).
+        """
 
         def look_up() -> store.EventStatus | None:
             if self._reader is None or self._reader.closed:
@@ -150,9 +216,17 @@ class OutboxWriter:
                 self._reader = None
                 raise
 
+        if not self._schema_ready.is_set():
+            raise DatabaseUnavailable("the database schema is not migrated yet")
         deadline = self._write_timeout * 2  # finite: the settings refuse any other
         try:
-            with trio.fail_after(deadline):  # bounds the wait for the reader behind another lookup
-                return await trio.to_thread.run_sync(look_up, limiter=self._reader_limiter)
+            # Bounds the wait for the reader and the lookup itself: an abandoned lookup's answer is discarded, and
+            # it keeps the limiter until it ends, so no other lookup uses the reader meanwhile.
+            with trio.fail_after(deadline):
+                return await trio.to_thread.run_sync(look_up, limiter=self._reader_limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
             raise DatabaseUnavailable(f"no answer within {deadline:g}s") from None
+        except DatabaseError as error:
+            log.error("outbox status lookup refused by PostgreSQL (a bug, answered 500): %s", error)
+            self._metrics.outbox_errors.labels("status").inc()
+            raise OutboxError(f"the outbox refused the lookup: {error}") from None

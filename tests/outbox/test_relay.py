@@ -7,15 +7,18 @@ would leave it; a new relay must then publish every row exactly once.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 
+import httpx
 import psycopg
 import pytest
 import trio
 
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.db import outbox as store
 from app.db.database import apply_migrations
 from app.kafka.admin import ensure_topics
@@ -23,9 +26,10 @@ from app.kafka.connection import connection_config
 from app.kafka.transactional import OutgoingRecord, TransactionalPublisher
 from app.observability.metrics import Metrics
 from app.outbox.backlog import Backlog
-from app.outbox.relay import Relay
+from app.outbox.relay import Relay, RelayState
 from app.outbox.writer import OutboxWriter
-from app.runtime import profile_producer_config, topic_specs
+from app.runtime import Runtime, profile_producer_config, run, topic_specs
+from tests.conftest import wait_ready
 from tests.kafka_reader import KafkaReader
 
 pytestmark = pytest.mark.integration
@@ -68,13 +72,15 @@ def records_of(rows: list[store.PendingRow]) -> list[OutgoingRecord]:
 
 def writer_and_relay(settings: Settings, metrics: Metrics) -> tuple[Backlog, OutboxWriter, Relay]:
     backlog = Backlog(1000)
+    migrated = trio.Event()
+    migrated.set()
     writer = OutboxWriter(
-        settings.database_url, backlog, metrics, max_group_events=100, max_queue=10, max_queue_bytes=1 << 20,
-        write_timeout=5,
+        settings.database_url, backlog, metrics, schema_ready=migrated, max_group_events=100, max_queue=10,
+        max_queue_bytes=1 << 20, write_timeout=5,
     )
     relay = Relay(
         settings.database_url, profile_producer_config(settings, "transaction"), backlog, metrics,
-        transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
+        schema_ready=migrated, transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
         batch_size=100, poll_interval=0.1, kafka_timeout=10, retention=dt.timedelta(days=1),
     )
     return backlog, writer, relay
@@ -175,3 +181,72 @@ async def test_rows_committed_while_the_backlog_is_counted_count_against_its_bou
         nursery.cancel_scope.cancel()
     assert counts[0].pending == 2, "the first count missed the row committed during it"
     assert estimate == 3, "the committed row is in the estimate all the same"
+
+
+def unstarted_relay(settings: Settings, metrics: Metrics, schema_ready: trio.Event) -> Relay:
+    return Relay(
+        settings.database_url, profile_producer_config(settings, "transaction"), Backlog(1000), metrics,
+        schema_ready=schema_ready, transactional_id=settings.relay_transactional_id,
+        checkpoint_topic=settings.checkpoint_topic, batch_size=100, poll_interval=0.1, kafka_timeout=5,
+        retention=dt.timedelta(days=1),
+    )
+
+
+async def test_a_statement_postgresql_refuses_is_logged_once_not_at_every_retry(
+    settings: Settings, prepared: psycopg.Connection[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    prepared.execute("DROP TABLE outbox")  # a schema changed by hand under a running relay
+    metrics = Metrics()
+    ready = trio.Event()
+    ready.set()
+    relay = unstarted_relay(settings, metrics, ready)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        with trio.fail_after(30):  # attempts 0.5, 1 and 2 s apart
+            while (metrics.registry.get_sample_value("outbox_publish_failures_total") or 0) < 3:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert metrics.registry.get_sample_value("outbox_errors_total", {"kind": "relay"}) >= 3  # type: ignore[operator]
+    said = [r for r in caplog.records if r.name == "app.outbox.relay" and r.levelno >= logging.WARNING]
+    assert [(r.levelname, 'relation "outbox" does not exist' in r.getMessage()) for r in said] == [("ERROR", True)]
+
+
+async def test_the_relay_touches_nothing_before_the_schema_is_ready(gateway_env: dict[str, str]) -> None:
+    # PostgreSQL out of reach: any attempt would fail at once and be counted.
+    settings = load_settings({**gateway_env, "DATABASE_URL": "postgresql://gateway:gateway@127.0.0.1:1/gateway"})
+    metrics = Metrics()
+    ready = trio.Event()
+    relay = unstarted_relay(settings, metrics, ready)
+    failures = partial(metrics.registry.get_sample_value, "outbox_publish_failures_total")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        await trio.sleep(1.0)
+        assert failures() == 0 and relay.state is RelayState.STANDBY
+        ready.set()
+        with trio.fail_after(10):
+            while not failures():
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_gateway_on_a_fresh_schema_starts_without_a_relay_failure(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first start migrates the schema while the relay starts: the relay waits for it."""
+    caplog.set_level(logging.INFO)
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        await wait_ready(runtime.url("transaction"))
+        async with httpx.AsyncClient(base_url=runtime.url("transaction")) as client:
+            response = await client.post(
+                "/api/v1/transactions", json={"userId": "u", "type": "DEPOSIT", "amount": "1.00", "currency": "USD"}
+            )
+        assert response.status_code == 202
+        metrics = runtime.metrics.registry
+        with trio.fail_after(60):
+            while not metrics.get_sample_value("outbox_published_total"):
+                await trio.sleep(0.05)
+        assert metrics.get_sample_value("outbox_publish_failures_total") == 0
+        runtime.shutdown()
+    assert any("applied database migrations" in r.getMessage() for r in caplog.records), "the schema was fresh"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "does not exist" in r.getMessage()]
