@@ -21,7 +21,7 @@ import confluent_kafka
 import msgspec
 
 from app.kafka.connection import only_connection
-from app.kafka.errors import KafkaError, KafkaUnavailable
+from app.kafka.errors import KafkaConfigError, KafkaError, KafkaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,21 @@ def _reason(error: confluent_kafka.KafkaException) -> str:
     return f"{kafka_error.name()}: {kafka_error.str()}" if hasattr(kafka_error, "name") else str(kafka_error)
 
 
+def _client(kind: Any, conf: dict[str, Any]) -> Any:
+    """A librdkafka producer or consumer; a configuration it rejects is KafkaConfigError."""
+    try:
+        return kind(conf)
+    except confluent_kafka.KafkaException as error:  # librdkafka's checks (a file it cannot read, say)
+        raise KafkaConfigError(_reason(error)) from None
+    except (ValueError, TypeError) as error:  # confluent-kafka's own checks of the values
+        raise KafkaConfigError(str(error)) from None
+
+
 class TransactionalPublisher:
     """One transactional producer; discard it after any failure and open a new one."""
 
     def __init__(self, config: dict[str, Any], *, transactional_id: str, checkpoint_topic: str) -> None:
+        """Create the producer (no request to Kafka yet); raises KafkaConfigError when librdkafka rejects ``config``."""
         self._connection = only_connection(config)
         self._checkpoint_topic = checkpoint_topic
         conf = dict(config)
@@ -77,7 +88,7 @@ class TransactionalPublisher:
         self.statistics: str | None = None
         if int(conf.get("statistics.interval.ms", 0)) > 0:
             conf["stats_cb"] = self._on_statistics
-        self._producer = confluent_kafka.Producer(conf)
+        self._producer = _client(confluent_kafka.Producer, conf)
 
     def _on_statistics(self, statistics: str) -> None:
         # Runs inside the producer's poll/flush calls, in the relay's worker thread.
@@ -143,7 +154,8 @@ class TransactionalPublisher:
             log.warning("abort_transaction: %s", error)
 
     def _read_checkpoint(self, timeout: float) -> Checkpoint | None:
-        consumer = confluent_kafka.Consumer(
+        consumer = _client(
+            confluent_kafka.Consumer,
             {
                 **self._connection,
                 "group.id": f"outbox-relay-recovery-{uuid.uuid4().hex}",
@@ -151,7 +163,7 @@ class TransactionalPublisher:
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "logger": logging.getLogger("librdkafka"),
-            }
+            },
         )
         try:
             low, high = watermarks(consumer, confluent_kafka.TopicPartition(self._checkpoint_topic, 0), timeout)

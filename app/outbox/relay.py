@@ -27,7 +27,7 @@ import trio
 
 from app.db import outbox as store
 from app.db.database import DatabaseError, DatabaseUnavailable
-from app.kafka.errors import KafkaError
+from app.kafka.errors import KafkaConfigError, KafkaError
 from app.kafka.transactional import OutgoingRecord, TransactionalPublisher
 from app.observability.metrics import Metrics
 from app.outbox.backlog import Backlog
@@ -101,6 +101,9 @@ class Relay:
                 self._failed()
                 self._metrics.outbox_errors.labels("relay").inc()
                 self._report_once(f"PostgreSQL refused a statement (a bug, not an outage): {error}")
+            except KafkaConfigError as error:
+                self._failed()
+                self._report_once(f"the Kafka client configuration is refused: {error}")
             except (DatabaseUnavailable, KafkaError) as error:
                 if self.state is RelayState.LEADING:
                     backoff = 0.5
@@ -108,8 +111,7 @@ class Relay:
                 log.warning("outbox relay: %s (starting over in %.1fs)", error, backoff)
             except Exception:
                 # Starting over from the checkpoint is always safe; taking the process down is not needed.
-                self.state = RelayState.FAILING
-                self._metrics.outbox_publish_failures.inc()
+                self._failed()
                 log.exception("outbox relay: unexpected error (starting over in %.1fs)", backoff)
             finally:
                 await self._close()

@@ -1,15 +1,17 @@
 """The relay publisher's reading of its checkpoint partition and its wait on a full queue (pure logic:
-the consumer and the producer are fakes)."""
+the consumer and the producer are fakes), and the configurations librdkafka refuses."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 import pytest
 
-from app.kafka.transactional import PublishFailed, produce_within, watermarks
+from app.kafka.errors import KafkaConfigError
+from app.kafka.transactional import PublishFailed, TransactionalPublisher, produce_within, watermarks
 
 PARTITION = confluent_kafka.TopicPartition("outbox-relay-checkpoints", 0)
 
@@ -73,3 +75,16 @@ def test_a_full_queue_is_waited_on_until_the_deadline_and_no_longer() -> None:
     with pytest.raises(PublishFailed, match="queue stayed full"):
         produce_within(stuck, started + 0.2, "t", b"k", b"v", [], None)
     assert time.monotonic() - started < 2 and not stuck.produced
+
+
+def test_a_configuration_librdkafka_rejects_is_a_kafka_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    config = {"bootstrap.servers": "127.0.0.1:9", "security.protocol": "SSL", "ssl.ca.location": str(missing)}
+    with pytest.raises(KafkaConfigError, match="ssl.ca.location"):
+        TransactionalPublisher(config, transactional_id="t", checkpoint_topic="t.checkpoint")
+
+
+def test_a_value_confluent_kafka_refuses_is_a_kafka_config_error() -> None:
+    config = {"bootstrap.servers": "127.0.0.1:9", "error_cb": "not a function"}  # a TypeError of confluent-kafka's
+    with pytest.raises(KafkaConfigError, match="error_cb"):
+        TransactionalPublisher(config, transactional_id="t", checkpoint_topic="t.checkpoint")

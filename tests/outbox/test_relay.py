@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -250,3 +251,26 @@ async def test_a_gateway_on_a_fresh_schema_starts_without_a_relay_failure(
         runtime.shutdown()
     assert any("applied database migrations" in r.getMessage() for r in caplog.records), "the schema was fresh"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "does not exist" in r.getMessage()]
+
+
+async def test_a_kafka_configuration_librdkafka_refuses_is_logged_once_without_a_traceback(
+    settings: Settings, prepared: psycopg.Connection[object], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tmp_path / "no-such-ca.pem")}
+    metrics = Metrics()
+    ready = trio.Event()
+    ready.set()
+    relay = Relay(
+        settings.database_url, {**profile_producer_config(settings, "transaction"), **ssl}, Backlog(1000), metrics,
+        schema_ready=ready, transactional_id=settings.relay_transactional_id,
+        checkpoint_topic=settings.checkpoint_topic, batch_size=100, poll_interval=0.1, kafka_timeout=5,
+        retention=dt.timedelta(days=1),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        with trio.fail_after(30):  # attempts 0.5, 1 and 2 s apart
+            while (metrics.registry.get_sample_value("outbox_publish_failures_total") or 0) < 3:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    said = [r for r in caplog.records if r.name == "app.outbox.relay" and r.levelno >= logging.WARNING]
+    assert [(r.levelname, "ssl.ca.location" in r.getMessage(), r.exc_info) for r in said] == [("ERROR", True, None)]
