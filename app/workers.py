@@ -3,7 +3,8 @@
 Each copy binds its listeners with ``SO_REUSEPORT``, so the kernel spreads incoming
 connections across them and the copies share no Python state (one interpreter, one GIL
 each). The supervisor forwards SIGTERM/SIGINT to every copy and waits for their graceful
-shutdown; a copy that dies on its own is started again after a pause.
+shutdown; a copy that dies on its own is started again after a pause, unless a signal
+came meanwhile.
 
 Only the first copy runs the host collector, so a host is sampled once, whatever N is.
 Each copy has its own metrics: a scrape of a shared port reads one copy, so scrape each copy
@@ -37,6 +38,7 @@ def worker_env(env: Mapping[str, str], index: int) -> dict[str, str]:
 async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
     """Run ``count`` copies of ``python -m app <argv>`` until a signal stops them all; their exit code."""
     stopping = trio.Event()
+    stop_signal = signal.SIGTERM  # the signal that set ``stopping``, for copies started after it came
     processes: dict[int, trio.Process] = {}
     exit_codes: list[int] = []
 
@@ -50,6 +52,8 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
             )
             processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
+            if stopping.is_set():  # the signal came while it was being started: forward_signals missed it
+                process.send_signal(stop_signal)
             code = await process.wait()
             if stopping.is_set():
                 log.info("worker %d stopped (exit %d)", index, code)
@@ -58,10 +62,18 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
                 exit_codes.append(0 if code in STOPPED_BY_SIGNAL else code)
                 return
             log.error("worker %d exited on its own (exit %d); starting it again", index, code)
-            await trio.sleep(RESTART_PAUSE_SECONDS)
+            with trio.move_on_after(RESTART_PAUSE_SECONDS):
+                await stopping.wait()
+            if stopping.is_set():
+                # Nothing runs for this copy: stopping it is done. Started now, it would never get the signal.
+                log.info("worker %d not started again: stopping", index)
+                exit_codes.append(0)
+                return
 
     async def forward_signals(signals: AsyncIterator[int]) -> None:
+        nonlocal stop_signal
         async for signum in signals:
+            stop_signal = signal.Signals(signum)
             stopping.set()
             for process in processes.values():
                 if process.returncode is None:

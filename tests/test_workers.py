@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,13 @@ from tests.kafka_reader import KafkaReader
 from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
+
+# A supervisor whose pause before restarting a copy is long enough for a test to signal it within the pause.
+RESTART_PAUSE = 30.0
+SUPERVISOR_WITH_A_LONG_PAUSE = (
+    f"import sys; from app import __main__, workers; workers.RESTART_PAUSE_SECONDS = {RESTART_PAUSE}; "
+    "sys.exit(__main__.main())"
+)
 
 
 async def pids_answering(url: str, connections: int) -> set[int]:
@@ -74,3 +82,40 @@ async def test_two_workers_share_the_port_and_are_restarted_when_they_die(
         if supervisor.returncode is None:
             supervisor.kill()
             await supervisor.wait()
+
+
+def copies_of(supervisor: trio.Process) -> set[int]:
+    return {child.pid for child in psutil.Process(supervisor.pid).children()}
+
+
+async def test_a_signal_during_the_restart_pause_stops_everything(gateway_env: dict[str, str]) -> None:
+    """SIGTERM while a dead copy waits to be started again: it is not started, and the supervisor exits 0."""
+    port = free_port()
+    env = {**os.environ, **gateway_env, "APPLICATION_PORT": str(port), "LOG_LEVEL": "WARNING"}
+    supervisor = await trio.lowlevel.open_process(
+        [sys.executable, "-c", SUPERVISOR_WITH_A_LONG_PAUSE, "--workers", "2", "--role", "application"],
+        cwd=str(ROOT), env=env, stderr=subprocess.DEVNULL,
+    )
+    seen: set[int] = set()
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}")
+        with trio.fail_after(30):
+            while len(seen := copies_of(supervisor)) < 2:
+                await trio.sleep(0.1)
+        victim = min(seen)
+        os.kill(victim, signal.SIGKILL)
+        with trio.fail_after(10):
+            while victim in copies_of(supervisor):  # until it is reaped: then the pause has begun
+                await trio.sleep(0.01)
+
+        supervisor.send_signal(signal.SIGTERM)
+        with trio.fail_after(RESTART_PAUSE / 2):
+            assert await supervisor.wait() == 0
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in seen)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+        for pid in seen:  # the copies have sessions of their own: a killed supervisor leaves them running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
