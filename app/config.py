@@ -30,7 +30,14 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """One producer profile: its topic, librdkafka producer options and buffer bounds."""
+    """One producer profile: its topic, librdkafka producer options and buffer bounds.
+
+    The application and infrastructure profiles feed their producer through a bounded buffer and
+    dead-letter what Kafka refuses for good. Transactions go through the outbox instead: the
+    transaction profile's topic, librdkafka options and rate limit configure the relay's
+    transactional producer and the shipper's routes, its buffer bounds only size that producer's
+    librdkafka queue, and it has no dead-letter topic.
+    """
 
     topic: str
     acks: str = "1"
@@ -44,12 +51,14 @@ class ProfileSettings:
     idempotence: bool = False
     # Events per second accepted on the shipper's routes; 0 disables the limit.
     rate_limit: float = 50_000.0
-    # The bound on events accepted (202) but not yet acknowledged by Kafka, in count and bytes.
+    # The bound on events accepted (202) but not yet acknowledged by Kafka, in count and bytes
+    # (for transactions, bounded by OUTBOX_MAX_PENDING instead, the relay producer's queue size).
     buffer_events: int = 100_000
     buffer_bytes: int = 64 * MIB
 
     @property
     def dead_letter_topic(self) -> str:
+        """Where a channel profile writes what Kafka refuses for good; the transaction relay writes none."""
         return f"{self.topic}.dlq"
 
 

@@ -126,12 +126,14 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The topics created at start-up: every stream's, the channel profiles' dead-letter topics, the relay's checkpoints.
+
+    Transactions have no dead-letter topic: the relay publishes a row in a Kafka transaction or not at all.
+    """
     partitions = settings.topic_partitions
-    specs = [
-        TopicSpec(topic, partitions)
-        for profile in settings.profiles().values()
-        for topic in (profile.topic, profile.dead_letter_topic)
-    ]
+    profiles = settings.profiles()
+    specs = [TopicSpec(profile.topic, partitions) for profile in profiles.values()]
+    specs += [TopicSpec(profiles[name].dead_letter_topic, partitions) for name in CHANNEL_PROFILES]
     specs.append(TopicSpec(settings.checkpoint_topic, 1, {"cleanup.policy": "compact"}))
     return specs
 

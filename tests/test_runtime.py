@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from app.config import load_settings
-from app.runtime import Runtime, run
+from app.runtime import Runtime, run, topic_specs
 from tests.conftest import ROOT, unique_topics_env, wait_ready
 from tests.kafka_reader import KafkaReader
 from tests.processes import free_port
@@ -157,3 +157,13 @@ async def test_sigterm_during_a_stream_loses_no_accepted_event(gateway_env: dict
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_only_the_channel_profiles_get_a_dead_letter_topic() -> None:
+    settings = load_settings(unique_topics_env())
+    names = {spec.name for spec in topic_specs(settings)}
+    assert names == {
+        settings.application.topic, settings.application.dead_letter_topic,
+        settings.infrastructure.topic, settings.infrastructure.dead_letter_topic,
+        settings.transaction.topic, settings.checkpoint_topic,
+    }, "the relay writes no dead letters: no transaction .dlq topic is created"
