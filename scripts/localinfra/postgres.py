@@ -338,7 +338,9 @@ def postgres_pid(s: Settings | None = None) -> int | None:
 
 
 def _isready(s: Settings) -> bool:
-    cmd: list[str | Path] = [pg_bin() / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(s.pg_port), "-d", "postgres", "-t", "2"]
+    cmd: list[str | Path] = [
+        pg_bin() / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(s.pg_port), "-d", "postgres", "-t", "2"
+    ]
     return run(cmd).returncode == 0
 
 
@@ -443,7 +445,10 @@ def status_line(s: Settings, expected: bool) -> tuple[bool, str]:
     is_up = port is not None and _isready(s)
     pid = read_pid(pg.data / "postmaster.pid") if is_up else None
     suffix = "" if expected else " (not expected)"
-    line = f"postgres: {'up' if is_up else 'down'}{suffix} pid={pid or '-'} address=127.0.0.1:{s.pg_port} data={pg.data}"
+    line = (
+        f"postgres: {'up' if is_up else 'down'}{suffix} pid={pid or '-'} "
+        f"address=127.0.0.1:{s.pg_port} data={pg.data}"
+    )
     return is_up, line
 
 

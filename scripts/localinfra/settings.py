@@ -37,7 +37,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``INFRA_DIR``, ``KAFKA_PORT_BASE``, ``PG_PORT``, ``KAFKA_SECURE`` and ``PROMETHEUS_PORT``."""
+        """Settings from ``INFRA_DIR``, ``KAFKA_PORT_BASE``, ``PG_PORT``, ``KAFKA_SECURE``, ``PROMETHEUS_PORT``."""
         env = os.environ if env is None else env
         infra_dir = Path(env.get("INFRA_DIR") or REPO_ROOT / ".local").expanduser().absolute()
         return cls(

@@ -71,4 +71,5 @@ def test_main_turns_an_infra_error_into_exit_1(
 ) -> None:
     monkeypatch.setenv("INFRA_DIR", str(tmp_path))
     assert main(["kill-broker", "4", "--kafka-nodes", "3"]) == 1
-    assert capsys.readouterr().err == "infra.py kill-broker: error: node must be between 1 and 3 in the 3-node mode, not 4\n"
+    error = "infra.py kill-broker: error: node must be between 1 and 3 in the 3-node mode, not 4\n"
+    assert capsys.readouterr().err == error
