@@ -1,0 +1,1 @@
+"""Generated from ops/proto/prometheus/ by scripts/generate-protos.sh."""
