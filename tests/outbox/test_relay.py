@@ -81,7 +81,8 @@ def writer_and_relay(settings: Settings, metrics: Metrics) -> tuple[Backlog, Out
     )
     relay = Relay(
         settings.database_url, profile_producer_config(settings, "transaction"), backlog, metrics,
-        schema_ready=migrated, transactional_id=settings.relay_transactional_id, checkpoint_topic=settings.checkpoint_topic,
+        schema_ready=migrated, transactional_id=settings.relay_transactional_id,
+        checkpoint_topic=settings.checkpoint_topic,
         batch_size=100, poll_interval=0.1, kafka_timeout=10, retention=dt.timedelta(days=1),
     )
     return backlog, writer, relay

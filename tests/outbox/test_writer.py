@@ -40,7 +40,8 @@ def writer_for(
     write_timeout: float = 0.05,
 ) -> OutboxWriter:
     return OutboxWriter(
-        url, backlog or Backlog(1000), metrics or Metrics(), schema_ready=migrated() if schema_ready is None else schema_ready,
+        url, backlog or Backlog(1000), metrics or Metrics(),
+        schema_ready=migrated() if schema_ready is None else schema_ready,
         max_group_events=10, max_queue=10, max_queue_bytes=max_queue_bytes, write_timeout=write_timeout,
     )
 
