@@ -65,6 +65,9 @@ class DeliveryObserver(Protocol):
 
     def lose(self) -> None: ...
 
+    def undelivered(self) -> None:
+        """Kafka did not take the record in time; it is kept to be sent again (disk-mode streams)."""
+
 
 class Acknowledgement:
     """Follows one submission's records until Kafka settled every one: what a protocol's ack
@@ -109,6 +112,9 @@ class Acknowledgement:
         self._settle()
         if self._next is not None:
             self._next.lose()
+
+    def undelivered(self) -> None:
+        pass  # sent again: its fate is still to come
 
     def _settle(self) -> None:
         self._pending -= 1

@@ -76,8 +76,14 @@ class ProducerProfile:
         breaker: CircuitBreaker | None = None,
         recreate: Callable[[], KafkaProducer] | None = None,
         probe_timeout: float = 2.0,
+        spooled: bool = False,
     ) -> None:
         self.name = name
+        # Fed by a durable spool (a disk-mode stream): a record Kafka did not take in time goes back
+        # to the spool, to be sent again, instead of to the dead-letter topic; what is unsettled at
+        # shutdown stays spooled, not lost.
+        self.spooled = spooled
+        self.stopped = trio.Event()  # set once run() has drained and flushed
         self.settings = settings
         self.topic = settings.topic
         self.dead_letter_topic = settings.dead_letter_topic
@@ -120,6 +126,15 @@ class ProducerProfile:
         return max(
             self.buffered_events / self.settings.buffer_events,
             self.buffered_bytes / self.settings.buffer_bytes,
+        )
+
+    def has_room(self, events: int, size: int) -> bool:
+        """Whether :meth:`submit` would take that many events now (a spool asks before it hands any)."""
+        return (
+            not self._closed
+            and self.breaker.allows()
+            and self.buffered_events + events <= self.settings.buffer_events
+            and self.buffered_bytes + size <= self.settings.buffer_bytes
         )
 
     def submit(self, records: list[Record], size: int) -> Outcome:
@@ -170,7 +185,10 @@ class ProducerProfile:
             if self._drain_scope.cancelled_caught:
                 self._count_unsent_as_lost()
             pollers.cancel_scope.cancel()
-        await self._flush()
+        try:
+            await self._flush()
+        finally:
+            self.stopped.set()
 
     def _take_queued(self, first: Submission) -> Iterator[Submission]:
         yield first
@@ -247,7 +265,12 @@ class ProducerProfile:
                     self._apply(deliveries)
                     if not self._pending_dead_letters and not self._pending_resends:
                         break
-        if self.buffered_events:
+        if self.buffered_events and self.spooled:
+            log.info(
+                "%s: %d events not settled by Kafka at shutdown stay in the spool", self.name, self.buffered_events,
+                extra={"service": self.name, "topic": self.topic, "count": self.buffered_events},
+            )
+        elif self.buffered_events:
             log.error(
                 "%s: %d accepted events not settled by Kafka at shutdown", self.name, self.buffered_events,
                 extra={"service": self.name, "topic": self.topic, "count": self.buffered_events},
@@ -290,6 +313,7 @@ class ProducerProfile:
         # One log line per kind of failure in this batch: (topic, error) -> [count, first failure].
         dead_lettered: dict[tuple[str, str], list[Any]] = {}
         lost: dict[tuple[str, str], list[Any]] = {}
+        returned: dict[tuple[str, str], list[Any]] = {}
         for failure in failures:
             self._metrics.producer_error.labels(self.name, failure.topic, failure.error).inc()
             if failure.topic == self.topic and failure.error in RESEND_ERRORS and self._recreate is not None:
@@ -310,6 +334,13 @@ class ProducerProfile:
                 # A record refused for what it is (too large, say) tells nothing of Kafka's health:
                 # a client sending such records must not open the breaker for everyone.
                 self.breaker.record_failure(failure.error)
+                if self.spooled and failure.record.settlement is not None:
+                    # Still on disk: the spool hands it again once Kafka is back.
+                    _tally(returned, failure)
+                    self.buffered_events -= 1
+                    self.buffered_bytes -= failure.record.size
+                    failure.record.settlement.undelivered()
+                    continue
             _tally(dead_lettered, failure)
             # Stays counted in the buffer until its dead letter settles.
             headers = [h for h in failure.record.headers if not h[0].startswith("dlq-")]
@@ -326,6 +357,11 @@ class ProducerProfile:
             self._log_failures(
                 logging.WARNING,
                 f"%s: %d events not delivered to %s (%s: %s); writing them to {self.dead_letter_topic}",
+                topic, error, count, first,
+            )
+        for (topic, error), (count, first) in returned.items():
+            self._log_failures(
+                logging.WARNING, "%s: %d events not delivered to %s (%s: %s); kept in the spool, to be sent again",
                 topic, error, count, first,
             )
         for (topic, error), (count, first) in lost.items():
@@ -384,7 +420,9 @@ class ProducerProfile:
             lost += len(submission.records)
             self.buffered_events -= len(submission.records)
             self.buffered_bytes -= submission.size
-        if lost:
+        if lost and self.spooled:
+            log.info("%s: %d events not handed to Kafka by the flush deadline stay in the spool", self.name, lost)
+        elif lost:
             log.error(
                 "%s: flush deadline passed with %d events never handed to Kafka", self.name, lost,
                 extra={"service": self.name, "topic": self.topic, "count": lost},

@@ -123,15 +123,29 @@ class ProfileSink(Sink, Protocol):
     def breaker(self) -> Breaker: ...
 
 
-class ChannelStream:
-    """Events into a producer profile's bounded buffer: 202 once taken, 503 when it cannot take them."""
+class Spooler(Protocol):
+    """A disk-mode stream's spool (:class:`app.spool.spool.Spool`)."""
 
-    def __init__(self, profile: ProfileSink, build: RecordBuilder, *, retry_after_seconds: int, max_event_bytes: int) -> None:
+    async def append(self, records: list[Record], size: int) -> None: ...
+
+
+class ChannelStream:
+    """Events into a producer profile's bounded buffer: 202 once taken, 503 when it cannot take them.
+
+    With a ``spool`` (a disk-mode stream), 202 once the records are fsynced in it instead; the
+    spool feeds the profile.
+    """
+
+    def __init__(
+        self, profile: ProfileSink, build: RecordBuilder, *, retry_after_seconds: int, max_event_bytes: int,
+        spool: Spooler | None = None,
+    ) -> None:
         self.name = profile.name
         self.profile = profile
         self._build = build
         self._retry_after = str(retry_after_seconds)
         self._max_event_bytes = max_event_bytes
+        self._spool = spool
 
     def check(self, request: Request) -> None:
         pass
@@ -143,16 +157,18 @@ class ChannelStream:
             acknowledgement = Acknowledgement(len(records))
             for record in records:
                 record.settlement = acknowledgement
-        self.send(records, span)
+        if self._spool is not None:
+            check_event_sizes(records, self._max_event_bytes)
+            with span.child("spool commit", len(records)):
+                await self._spool.append(records, _size(records))
+        else:
+            self.send(records, span)
         return Accepted(event_ids, acknowledgement=acknowledgement)
 
     def send(self, records: list[Record], span: Span) -> None:
         """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""
         check_event_sizes(records, self._max_event_bytes)
-        size = 0
-        for record in records:
-            size += len(record.key) + len(record.value)
-        outcome = span.enqueue(self.profile, records, size)
+        outcome = span.enqueue(self.profile, records, _size(records))
         if outcome is Outcome.ACCEPTED:
             return
         profile = self.profile
@@ -169,6 +185,13 @@ class ChannelStream:
                 headers={"Retry-After": str(max(1, math.ceil(profile.breaker.retry_after())))},
             )
         raise Refusal(503, "shutting down", "this instance is shutting down", headers={"Retry-After": self._retry_after})
+
+
+def _size(records: list[Record]) -> int:
+    size = 0
+    for record in records:
+        size += len(record.key) + len(record.value)
+    return size
 
 
 class TransactionStream:

@@ -177,6 +177,9 @@ class Settlement:
         if self._then is not None:
             self._then.lose()
 
+    def undelivered(self) -> None:
+        pass  # sent again: its fate is still to come
+
     def _settle(self) -> None:
         self._pending -= 1
         if self._pending:
