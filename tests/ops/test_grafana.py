@@ -1,7 +1,7 @@
 """The Grafana provisioning and dashboards under ops/grafana, checked without a Grafana.
 
-Every query must be PromQL that Prometheus parses and may select only metrics the gateway exports, so a
-renamed metric breaks this test instead of leaving an empty panel.
+Every query must be PromQL that Prometheus parses and may select only metrics the gateway exports, and
+only the job Prometheus scrapes, so a renamed metric or job breaks this test instead of leaving an empty panel.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 
@@ -93,8 +94,43 @@ def variable_metrics(dashboard: dict[str, Any]) -> set[str]:
     return names
 
 
-def test_the_gateway_dashboard_is_there() -> None:
-    assert GRAFANA / "dashboards" / "gateway.json" in DASHBOARDS
+def scraped_jobs() -> set[str]:
+    config = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
+    return {job["job_name"] for job in config["scrape_configs"]}
+
+
+def job_matchers(expr: str) -> list[tuple[promql_parser.MatchOp, str]]:
+    """The ``job`` label matchers of an expression's selectors."""
+    found = []
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.VectorSelector):  # a range's selector is visited too
+            found.extend((m.op, m.value) for m in node.matchers.matchers if m.name == "job")
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def unscraped_jobs(exprs: list[str], jobs: set[str]) -> set[str]:
+    """The ``job`` values (or patterns) the expressions select that match none of ``jobs``."""
+    wrong = set()
+    for expr in exprs:
+        for op, value in job_matchers(expr):
+            if op == promql_parser.MatchOp.Equal and value not in jobs:
+                wrong.add(value)
+            if op == promql_parser.MatchOp.Re and not any(re.fullmatch(value, job) for job in jobs):
+                wrong.add(value)
+    return wrong
+
+
+def test_queries_select_the_job_prometheus_scrapes() -> None:
+    """A panel on job="..." stays empty unless Prometheus scrapes a job of that name (metric names cannot tell)."""
+    exprs = [expr for path in DASHBOARDS for expr in queries(load(path))]
+    assert any(job_matchers(expr) for expr in exprs), "the gateway dashboard filters on the job"
+    assert unscraped_jobs(exprs, scraped_jobs()) == set()
+    assert unscraped_jobs(['up{job="gateway"}', 'up{job=~"kafka-.*"}', 'up{job!="x"}'], {"kafka-log-gateway"}) == {
+        "gateway"
+    }
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.name)
