@@ -327,14 +327,6 @@ def test_dockerfile_passes_hadolint() -> None:
     assert code == 0 and not serious, json.dumps(findings, indent=1)
 
 
-def test_hadolint_fails_a_bad_dockerfile(tmp_path: Path) -> None:
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\n")
-    code, findings = hadolint(bad)
-    assert code != 0
-    assert {"DL3007", "DL3008"} <= {finding["code"] for finding in findings if finding["level"] == "warning"}
-
-
 def test_image_runs_the_app_unprivileged_on_every_interface() -> None:
     lines = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
     instructions = [line.split(None, 1) for line in lines if line and not line.startswith("#")]
