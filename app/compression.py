@@ -15,16 +15,26 @@ from app.core import Refusal
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise Refusal(400, "malformed gzip body", str(error)) from None
-    if len(data) > limit or decompressor.unconsumed_tail:
-        raise Refusal(413, "payload too large", f"the body decompresses to more than {limit} bytes")
-    if not decompressor.eof:
-        raise Refusal(400, "malformed gzip body", "the gzip stream is truncated")
-    return data
+    """A gzip body, every member of it (RFC 1952 allows several one after the other: Fluentd's
+    compressed chunks are written so), bounded in total by ``limit``."""
+    parts: list[bytes] = []
+    total = 0
+    rest = body
+    while True:
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            data = decompressor.decompress(rest, limit - total + 1)
+        except zlib.error as error:
+            raise Refusal(400, "malformed gzip body", str(error)) from None
+        total += len(data)
+        if total > limit or decompressor.unconsumed_tail:
+            raise Refusal(413, "payload too large", f"the body decompresses to more than {limit} bytes")
+        if not decompressor.eof:
+            raise Refusal(400, "malformed gzip body", "the gzip stream is truncated")
+        parts.append(data)
+        rest = decompressor.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def unsnappy(body: bytes, limit: int) -> bytes:

@@ -12,6 +12,17 @@ def test_gunzip_within_the_limit() -> None:
     assert gunzip(gzip.compress(b"x" * 1000), 1000) == b"x" * 1000
 
 
+def test_gunzip_reads_every_member_of_a_multi_member_body_within_the_limit_of_them_all() -> None:
+    body = gzip.compress(b"a" * 600) + gzip.compress(b"b" * 400)
+    assert gunzip(body, 1000) == b"a" * 600 + b"b" * 400
+    with pytest.raises(Refusal) as info:
+        gunzip(body, 999)
+    assert info.value.status == 413
+    with pytest.raises(Refusal) as info:
+        gunzip(body + b"trailing garbage", 2000)
+    assert info.value.status == 400
+
+
 def test_gunzip_refuses_a_body_that_inflates_past_the_limit() -> None:
     bomb = gzip.compress(b"\0" * 10_000_000)
     assert len(bomb) < 20_000
