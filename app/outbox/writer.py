@@ -83,7 +83,7 @@ class OutboxWriter:
         itself: a bug, to answer 500).
         """
         if not self._schema_ready.is_set():
-            raise OutboxUnavailable("the database schema is not migrated yet")
+            raise OutboxUnavailable("database unavailable: the schema is not migrated yet (see /ready)")
         if not self._backlog.admits(len(entries)):
             raise OutboxUnavailable(f"the outbox backlog is over its limit of {self._backlog.limit} events")
         request = _Request(entries, sum(len(entry.key) + len(entry.payload) for entry in entries))
