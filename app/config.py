@@ -163,6 +163,22 @@ class Settings:
     # json: one JSON object per log line, for log collectors; text: plain lines for a terminal.
     log_format: str = "json"
 
+    # Syslog (RFC 5424 and 3164) over UDP and TCP on one port, and over TLS (RFC 5425) when a certificate
+    # and its key are set; 0 turns a listener off. Hosted with the application role.
+    syslog_port: int = 5514
+    syslog_tls_port: int = 6514
+    syslog_tls_cert_file: str = ""
+    syslog_tls_key_file: str = ""
+    syslog_max_message_bytes: int = 64 * KIB
+    syslog_max_connections: int = 1024
+    syslog_idle_timeout: float = 600 * SECONDS
+    # The Fluentd forward protocol over TCP (0 turns it off); with a shared key, its HELO/PING/PONG handshake.
+    forward_port: int = 24224
+    forward_shared_key: str = ""
+    forward_max_message_bytes: int = 8 * MIB
+    forward_max_connections: int = 1024
+    forward_idle_timeout: float = 600 * SECONDS
+
     # OpenTelemetry spans of ingest requests, exported over OTLP/HTTP when either endpoint is set
     # (the standard variables; the traces one is used as it is, the other gets /v1/traces appended).
     otel_exporter_otlp_endpoint: str = ""
@@ -291,12 +307,24 @@ def _validate(settings: Settings) -> None:
         if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
             least = "positive" if positive else "non-negative"
             raise SettingsError(f"{name.upper()} must be a {least} number, not {value!r}")
+    _validate_sockets(settings)
     if settings.ready_timeout > 300:  # librdkafka's socket.timeout.ms stops at 300,000
         raise SettingsError("READY_TIMEOUT cannot exceed 300 seconds")
 
 
+def _validate_sockets(settings: Settings) -> None:
+    for name in ("syslog_port", "syslog_tls_port", "forward_port"):
+        if not 0 <= getattr(settings, name) <= 65535:
+            raise SettingsError(f"{name.upper()} must be a port number (0 turns the listener off)")
+    for name in ("syslog_max_message_bytes", "syslog_max_connections", "forward_max_message_bytes", "forward_max_connections"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name.upper()} must be at least 1")
+    if bool(settings.syslog_tls_cert_file) != bool(settings.syslog_tls_key_file):
+        raise SettingsError("SYSLOG_TLS_CERT_FILE and SYSLOG_TLS_KEY_FILE are set together or not at all")
+
+
 _POSITIVE = (
     "upstream_timeout", "upstream_connect_timeout", "outbox_write_timeout", "outbox_poll_interval",
-    "outbox_kafka_timeout", "breaker_open_seconds", "ready_timeout",
+    "outbox_kafka_timeout", "breaker_open_seconds", "ready_timeout", "syslog_idle_timeout", "forward_idle_timeout",
 )
 _NON_NEGATIVE = ("graceful_timeout", "flush_timeout", "collector_interval", "metrics_rate", "outbox_retention_hours")

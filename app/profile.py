@@ -128,14 +128,12 @@ class ProducerProfile:
             self.buffered_bytes / self.settings.buffer_bytes,
         )
 
-    def has_room(self, events: int, size: int) -> bool:
-        """Whether :meth:`submit` would take that many events now (a spool asks before it hands any)."""
-        return (
-            not self._closed
-            and self.breaker.allows()
-            and self.buffered_events + events <= self.settings.buffer_events
-            and self.buffered_bytes + size <= self.settings.buffer_bytes
-        )
+    def room(self) -> tuple[int, int]:
+        """How many more events and bytes :meth:`submit` would take now (none while closed or the
+        breaker refuses): a spool hands no more than that."""
+        if self._closed or not self.breaker.allows():
+            return 0, 0
+        return self.settings.buffer_events - self.buffered_events, self.settings.buffer_bytes - self.buffered_bytes
 
     def submit(self, records: list[Record], size: int) -> Outcome:
         """Accept all of ``records`` into the buffer, or none of them."""

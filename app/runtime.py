@@ -45,6 +45,7 @@ from app.outbox.writer import OutboxWriter
 from app.profile import ProducerProfile
 from app.shippers import application, infrastructure, transaction
 from app.shippers.collector import Collector
+from app.sockets import build_socket_listeners
 from app.status import page as status_page
 from app.streams import Stream
 
@@ -212,6 +213,10 @@ class Listener:
     port: int
     app: Any
     pipeline: Pipeline
+    # A shipper's listener: its stream and admission, which its socket listeners share (syslog, forward).
+    stream: Stream | None = None
+    admission: Admission | None = None
+
 
 
 def build_listeners(
@@ -277,7 +282,7 @@ def build_listeners(
         if name == "gateway":
             status_page.register(app, metrics)
         pipeline = Pipeline(name, [bind(route) for route in routes], app, metrics, tracer, limits)
-        return Listener(port, app, pipeline)
+        return Listener(port, app, pipeline, streams.get(name), admissions.get(name))
 
     listeners = {name: listener(name, checks[name], getattr(settings, f"{name}_port")) for name in streams}
     if "gateway" in roles:
@@ -391,6 +396,16 @@ async def run(
                         )
                     )
                     log.info("%s listening on %s", name, ", ".join(addresses[name]))
+                application_listener = listeners.get("application")
+                if application_listener is not None and application_listener.stream is not None:
+                    assert application_listener.admission is not None
+                    for socket_listener in build_socket_listeners(
+                        settings, metrics, application_listener.stream, application_listener.admission, tracer
+                    ):
+                        bound = await serving.start(socket_listener.run, shutdown.wait)
+                        for name, bound_addresses in bound.items():
+                            log.info("%s listening on %s", name, ", ".join(bound_addresses))
+                        addresses.update(bound)
                 task_status.started(Runtime(addresses, settings, profiles, metrics, shutdown))
             log.info("listeners stopped; draining producer buffers")
             for profile in profiles.values():

@@ -130,3 +130,31 @@ class Metrics:
             "gateway_upstream_errors", "Gateway requests a remote shipper instance failed, by kind.",
             ["shipper", "error"], registry=r,
         )
+        # The socket listeners (app/sockets/): syslog over UDP, TCP and TLS, and the Fluentd forward protocol.
+        self.socket_connections = Gauge(
+            "socket_connections", "Open connections of a socket listener.", ["listener"], registry=r
+        )
+        self.socket_closed = Counter(
+            "socket_connections_closed",
+            "Connections a socket listener closed or saw closed, by reason (eof, idle, limit, too_large, malformed,"
+            " handshake, unacknowledged, shutdown, error).",
+            ["listener", "reason"], registry=r,
+        )
+        self.syslog_parse_failures = Counter(
+            "syslog_parse_failures",
+            "Syslog lines that are no RFC 5424 or 3164 message, kept whole as the message, by reason.",
+            ["reason"], registry=r,
+        )
+        self.syslog_dropped = Counter(
+            "syslog_dropped", "Syslog messages dropped, by reason (UDP: full, unavailable, rate_limited, too_large;"
+            " TCP: truncated at the end of a connection; shutdown).",
+            ["reason"], registry=r,
+        )
+        self.forward_dropped = Counter(
+            "forward_dropped", "Fluentd forward entries dropped, by reason (invalid, too_large, shutdown).",
+            ["reason"], registry=r,
+        )
+        self.forward_acks = Counter(
+            "forward_acks", "Fluentd forward chunks a client asked to be acknowledged, by outcome (sent, failed,"
+            " timeout).", ["outcome"], registry=r,
+        )

@@ -51,7 +51,7 @@ class Fed(Protocol):
     topic: str
     stopped: trio.Event  # set once it has drained and flushed at shutdown
 
-    def has_room(self, events: int, size: int) -> bool: ...
+    def room(self) -> tuple[int, int]: ...
 
     def submit(self, records: list[Record], size: int) -> object: ...
 
@@ -333,15 +333,23 @@ class Spool:
     async def _feeder(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while not self._closed:
-            batch = await self._next_batch()
+            events, size_free = self._profile.room()
+            if events <= 0 or size_free <= 0:
+                await trio.sleep(FEED_WAIT)  # the profile's bound, or its breaker: the records wait on disk
+                continue
+            batch = await self._next_batch(min(READ_BATCH, events))
+            # As many as the profile's bound in bytes takes; the rest comes again next round.
+            size = 0
+            for taken, (_, record) in enumerate(batch):
+                if size + record.size > size_free:
+                    batch = batch[:taken]
+                    break
+                size += record.size
             if not batch:
                 self._wake_feeder = trio.Event()
                 with trio.move_on_after(FEED_WAIT):
                     await self._wake_feeder.wait()
                 continue
-            size = sum(record.size for _, record in batch)
-            while not self._closed and not self._profile.has_room(len(batch), size):
-                await trio.sleep(FEED_WAIT)  # the profile's bound, or its breaker: the records wait on disk
             if self._closed:
                 return
             records = []
@@ -351,19 +359,22 @@ class Spool:
             self._profile.submit(records, size)
             self._handed = batch[-1][0]
 
-    async def _next_batch(self) -> list[tuple[int, Record]]:
-        """The next records to hand, in seq order: from the copy when it continues the cursor, else from disk."""
+    async def _next_batch(self, limit: int) -> list[tuple[int, Record]]:
+        """Up to ``limit`` next records to hand, in seq order: from the copy when it continues the
+        cursor (looked at, not taken: the feeder takes what it hands), else from disk."""
         copy = self._copy
         while copy and copy[0][0] <= self._handed:
             copy.popleft()
         if copy and copy[0][0] == self._handed + 1:
             batch: list[tuple[int, Record]] = []
-            while copy and len(batch) < READ_BATCH and copy[0][0] == self._handed + 1 + len(batch):
-                batch.append(copy.popleft())
+            for seq, record in copy:
+                if len(batch) >= limit or seq != self._handed + 1 + len(batch):
+                    break
+                batch.append((seq, record))
             return batch
         after = self._handed
         try:
-            rows, damaged = await trio.to_thread.run_sync(self._store.read, after, READ_BATCH, limiter=self._limiter)
+            rows, damaged = await trio.to_thread.run_sync(self._store.read, after, limit, limiter=self._limiter)
         except SpoolCorrupt as error:
             log.error("%s spool: %s; quarantining it and keeping what reads back whole", self.name, error)
             lost = await trio.to_thread.run_sync(self._store.salvage, limiter=self._limiter)
