@@ -22,6 +22,8 @@ from tests.conftest import ROOT, Infra, schema_url, unique_topics_env, wait_read
 
 
 _HANDED_OUT: set[int] = set()
+# Gateway processes leave the syslog and forward listeners off unless a test gives them ports.
+SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0"}
 
 
 def free_port() -> int:
@@ -47,6 +49,7 @@ class GatewayProcess:
         self.ports = {name: free_port() for name in ("gateway", "application", "infrastructure", "transaction")}
         self.env = {
             **os.environ,
+            **SOCKETS_OFF,
             **env,
             **{f"{name.upper()}_PORT": str(port) for name, port in self.ports.items()},
         }
@@ -153,6 +156,7 @@ def running_gateway(infra: Infra, **env: str) -> Iterator[RunningGateway]:
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
         "DATABASE_URL": schema_url(infra.database_url, schema),
         "LOG_LEVEL": "WARNING",
+        **SOCKETS_OFF,
         **env,
     }
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)

@@ -1,0 +1,72 @@
+"""Socket listeners beside the HTTP ones, feeding the application stream: syslog over UDP, TCP and
+TLS (:mod:`app.sockets.syslog`) and the Fluentd forward protocol (:mod:`app.sockets.forward`).
+They take no API key (syslog has no field for one; forward's shared key is its credential), and
+the stream's rate limit applies to them as to its HTTP routes.
+
+:mod:`app.sockets.server` holds what they share: accept loop, connection limit, idle timeout,
+the graceful drain, and the submission with backpressure.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
+
+from app.admission import Admission
+from app.config import Settings
+from app.core import Tracer
+from app.observability.metrics import Metrics
+from app.sockets.forward import ForwardConfig, ForwardListener
+from app.sockets.server import Limits, Submitter
+from app.sockets.syslog import SyslogConfig, SyslogListeners
+from app.streams import Stream
+
+
+class SocketListener(Protocol):
+    async def run(
+        self, shutdown: Callable[[], Awaitable[Any]], *, task_status: trio.TaskStatus[dict[str, list[str]]] = ...
+    ) -> None:
+        """Serve until ``shutdown`` returns and the drain is over; reports the bound addresses by name."""
+
+
+def build_socket_listeners(
+    settings: Settings, metrics: Metrics, stream: Stream, admission: Admission, tracer: Tracer
+) -> list[SocketListener]:
+    """The socket listeners the settings turn on, feeding ``stream`` (the application stream)."""
+    listeners: list[SocketListener] = []
+
+    def submitters(listener: str, dialect: str, dropped: Callable[[str, int], None]) -> Submitter:
+        return Submitter(
+            listener, dialect, stream, admission, metrics, tracer, max_batch=settings.max_batch_events, dropped=dropped
+        )
+
+    if settings.syslog_port or (settings.syslog_tls_port and settings.syslog_tls_cert_file):
+        config = SyslogConfig(
+            host=settings.host,
+            port=settings.syslog_port,
+            tls_port=settings.syslog_tls_port,
+            tls_cert_file=settings.syslog_tls_cert_file,
+            tls_key_file=settings.syslog_tls_key_file,
+            max_message_bytes=settings.syslog_max_message_bytes,
+            limits=Limits(settings.syslog_max_connections, settings.syslog_idle_timeout, settings.graceful_timeout),
+            reuse_port=settings.reuse_port,
+        )
+        listeners.append(SyslogListeners(config, submitters, metrics))
+    if settings.forward_port:
+        forward_config = ForwardConfig(
+            host=settings.host,
+            port=settings.forward_port,
+            max_message_bytes=settings.forward_max_message_bytes,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            shared_key=settings.forward_shared_key,
+            hostname=socket.gethostname(),
+            # Records settle within librdkafka's delivery timeout; a little more for the last poll.
+            ack_timeout=settings.application.delivery_timeout_ms / 1000 + 5.0,
+            limits=Limits(settings.forward_max_connections, settings.forward_idle_timeout, settings.graceful_timeout),
+            reuse_port=settings.reuse_port,
+        )
+        listeners.append(ForwardListener(forward_config, submitters, metrics))
+    return listeners
