@@ -6,6 +6,7 @@ The page is three static files shipped inside the package (no build step, no CDN
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -33,8 +34,9 @@ def _read(name: str) -> bytes:
     return resources.files("app.status").joinpath("static", name).read_bytes()
 
 
-def register(app: QuartTrio, metrics: Metrics) -> None:
-    """Serve the page and its data on ``app`` (the gateway listener)."""
+def register(app: QuartTrio, metrics: Metrics, routes: Mapping[str, str] | None = None) -> None:
+    """Serve the page and its data on ``app`` (the gateway listener); ``routes``: the service of each
+    route path of its table."""
     for path, (name, content_type) in FILES.items():
         body = _read(name)  # read once: a missing file fails start-up, not the first visitor
 
@@ -51,7 +53,7 @@ def register(app: QuartTrio, metrics: Metrics) -> None:
     @app.get("/status.json")
     async def status_json() -> Response:
         # On the trio thread: the gauges read state that only the trio thread may touch.
-        return json_response(snapshot(metrics.registry), 200, {"Cache-Control": "no-store"})
+        return json_response(snapshot(metrics.registry, routes), 200, {"Cache-Control": "no-store"})
 
     openapi.add_paths(app, openapi_paths())
 

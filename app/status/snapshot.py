@@ -10,17 +10,29 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 SERVICES = ("application", "infrastructure", "transaction")
 BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
-# Ingest routes by path prefix: a request counts for its service on any listener (gateway or shipper).
+# The native routes by path prefix, for a registry read without the route tables (the page's own
+# tests); the gateway hands its route table to :func:`snapshot`, which covers every dialect.
 ROUTE_PREFIXES = {
     "/api/v1/logs": "application",
     "/api/v1/metrics": "infrastructure",
     "/api/v1/transactions": "transaction",
+}
+# The spool of a disk-mode stream: gauges and counters labelled by service.
+SPOOL_SERIES = {
+    "spool_events": "events",
+    "spool_bytes": "bytes",
+    "spool_oldest_event_age_seconds": "oldestAge",
+    "spool_replayed_events_total": "replayed",
+    "spool_quarantined_events_total": "quarantined",
+    "spool_dropped_events_total": "dropped",
+    "spool_write_errors_total": "writeErrors",
 }
 # Counters labelled by service, summed over their other labels (topic, error, reason).
 SERVICE_COUNTERS = {
@@ -55,7 +67,10 @@ class Histogram:
         }
 
 
-def service_of_route(route: str) -> str | None:
+def service_of_route(route: str, routes: Mapping[str, str] | None = None) -> str | None:
+    """The service a request's ``route`` label counts for: from the route table when given."""
+    if routes is not None and route in routes:
+        return routes[route]
     for prefix, service in ROUTE_PREFIXES.items():
         if route == prefix or route.startswith(prefix + "/"):
             return service
@@ -68,11 +83,15 @@ def _service() -> dict[str, Any]:
         "bufferEvents": None,
         "breaker": None,
         "requests": {},
+        "spool": None,  # a disk-mode stream's spool: events, bytes, oldestAge, replayed, quarantined, dropped
     }
 
 
-def snapshot(registry: CollectorRegistry) -> dict[str, Any]:
-    """One reading of every series the page needs (call on the trio thread: gauges read live state)."""
+def snapshot(registry: CollectorRegistry, routes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One reading of every series the page needs (call on the trio thread: gauges read live state).
+
+    ``routes``: the service of each route path (the gateway's route table), so that requests of
+    every dialect count for their stream."""
     services = {name: _service() for name in SERVICES}
     send = {name: Histogram() for name in SERVICES}
     http = {name: Histogram() for name in SERVICES}
@@ -95,13 +114,16 @@ def snapshot(registry: CollectorRegistry) -> dict[str, Any]:
                 service["breaker"] = BREAKER_STATES.get(int(value), "unknown")
             elif name.startswith("kafka_producer_send_duration_seconds") and labels.get("service") in send:
                 _histogram_sample(send[labels["service"]], name, labels, value)
+            elif name in SPOOL_SERIES and service is not None:
+                spool = service["spool"] = service["spool"] or {field: 0.0 for field in SPOOL_SERIES.values()}
+                spool[SPOOL_SERIES[name]] += value
             elif name == "http_requests_total":
-                routed = service_of_route(labels.get("route", ""))
+                routed = service_of_route(labels.get("route", ""), routes)
                 if routed is not None:
                     requests = services[routed]["requests"]
                     requests[labels["status"]] = requests.get(labels["status"], 0.0) + value
             elif name.startswith("http_request_duration_seconds"):
-                routed = service_of_route(labels.get("route", ""))
+                routed = service_of_route(labels.get("route", ""), routes)
                 if routed is not None:
                     _histogram_sample(http[routed], name, labels, value)
             elif name.startswith("outbox_commit_duration_seconds"):

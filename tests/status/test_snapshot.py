@@ -63,3 +63,20 @@ def test_only_ingest_routes_count_for_a_service() -> None:
     assert service_of_route("/api/v1/transactions/<event_id>") == "transaction"
     assert service_of_route("/api/v1/logsX") is None
     assert service_of_route("/status.json") is None
+
+
+def test_every_dialect_counts_for_its_stream_by_the_route_table_and_a_spool_is_shown() -> None:
+    metrics = Metrics()
+    metrics.http_requests.labels("gateway", "/loki/api/v1/push", "204").inc(3)
+    metrics.http_requests.labels("infrastructure", "/api/v1/write", "204").inc(2)
+    metrics.spool_events.labels("application").set(120)
+    metrics.spool_bytes.labels("application").set(4096)
+    metrics.spool_quarantined.labels("application").inc(1)
+
+    status = snapshot(metrics.registry, {"/loki/api/v1/push": "application", "/api/v1/write": "infrastructure"})
+
+    application, infrastructure = status["services"]["application"], status["services"]["infrastructure"]
+    assert application["requests"] == {"204": 3} and infrastructure["requests"] == {"204": 2}
+    assert application["spool"]["events"] == 120 and application["spool"]["bytes"] == 4096
+    assert application["spool"]["quarantined"] == 1
+    assert infrastructure["spool"] is None  # a memory-mode stream has none

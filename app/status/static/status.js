@@ -205,6 +205,20 @@
     );
     if (fill !== null && fill >= 0.8) problems.warn.push(`${name} buffer ${number.format(fill * 100)} % full`);
 
+    const spool = now.spool;
+    field(card, "spool-row").hidden = !spool;
+    if (spool) {
+      const parts = [`${formatCount(spool.events)} events`, `${formatCount(spool.bytes)} B`, `oldest ${formatAge(spool.oldestAge)}`];
+      if (spool.quarantined > 0) parts.push(`${formatCount(spool.quarantined)} quarantined`);
+      if (spool.dropped > 0) parts.push(`${formatCount(spool.dropped)} dropped`);
+      setText(card, "spool", parts.join(" \u00b7 "), spool.writeErrors > 0 || spool.quarantined > 0 ? "bad" : spool.dropped > 0 ? "warn" : "");
+      if (spool.quarantined > 0) problems.bad.push(`${name} spool quarantined events`);
+      if (spool.dropped > 0) problems.warn.push(`${name} spool dropped events`);
+      if (recent && recent.services[name].spool && spool.writeErrors > recent.services[name].spool.writeErrors) {
+        problems.bad.push(`${name} spool cannot write`);
+      }
+    }
+
     const badge = field(card, "breaker");
     if (name === "transaction") {
       const relay = latest.outbox.relay;
