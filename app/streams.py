@@ -28,7 +28,7 @@ from app.db.outbox import IdempotencyConflict, OutboxEntry, RetryableConflict
 from app.dialects.base import Accepted, Decoded, Request
 from app.ids import new_uuids
 from app.observability.tracing import TraceContext
-from app.outbox.writer import OutboxUnavailable, OutboxWriter
+from app.outbox.writer import OutboxError, OutboxUnavailable, OutboxWriter
 
 MAX_IDEMPOTENCY_KEY: Final = 255
 
@@ -239,6 +239,9 @@ class TransactionStream:
             raise Refusal(409, "idempotency key conflict", str(error)) from None
         except (OutboxUnavailable, RetryableConflict) as error:
             raise self._unavailable(str(error)) from None
+        except OutboxError as error:
+            # PostgreSQL refused it for what it is, not for an outage: a bug, logged and counted by the writer.
+            raise Refusal(500, "outbox error", str(error)) from None
 
     def _entry(self, transaction: events.TransactionIn, key: str | None, trace: TraceContext, now: str) -> OutboxEntry:
         event_id = uuid.uuid4()
@@ -276,6 +279,8 @@ class TransactionStream:
             status = await writer.status(parsed)
         except DatabaseUnavailable as error:
             raise self._unavailable(str(error)) from None
+        except OutboxError as error:
+            raise Refusal(500, "outbox error", str(error)) from None
         if status is None:
             raise Refusal(404, "not found", "no transaction has that event id (or it was purged after retention)")
         answer: dict[str, Any] = {
