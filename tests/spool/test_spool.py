@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -65,3 +66,35 @@ async def test_accepted_batches_are_spooled_then_delivered_and_the_spool_empties
         assert list(store.rows()) == []
     finally:
         store.close()
+
+
+async def test_each_key_reaches_kafka_in_the_order_its_events_were_accepted(
+    disk_gateway: Runtime, kafka: KafkaReader
+) -> None:
+    sent = 0
+    async with httpx.AsyncClient(base_url=disk_gateway.url("application")) as client:
+        async with trio.open_nursery() as nursery:
+            # Four clients at once, so that appends are grouped and interleave in the spool.
+            async def post(worker: int) -> None:
+                nonlocal sent
+                for batch in range(10):
+                    logs = [
+                        {"source": f"key-{i % 4}", "level": "INFO", "message": f"{worker}:{batch}:{i}"} for i in range(50)
+                    ]
+                    answer = await client.post("/api/v1/logs/batch", json={"logs": logs})
+                    assert answer.status_code == 202, answer.text
+                    sent += 50
+
+            for worker in range(4):
+                nursery.start_soon(post, worker)
+    records = await kafka.read(disk_gateway.profiles["application"].topic, count=sent, settle=1.0)
+    assert len(records) == sent
+    for key in {r.key for r in records}:
+        of_key = [r for r in records if r.key == key]
+        assert len({r.partition for r in of_key}) == 1, key
+        # Per worker (one client's requests are answered in turn), its events of this key in sending order.
+        for worker in range(4):
+            mine = [json.loads(r.value)["message"] for r in sorted(of_key, key=lambda r: r.offset)]
+            mine = [m for m in mine if m.startswith(f"{worker}:")]
+            positions = [tuple(int(x) for x in m.split(":")[1:]) for m in mine]
+            assert positions == sorted(positions), (key, worker)
