@@ -226,7 +226,8 @@ def _parse_5424(line: bytes, prival: int) -> Message:
     if msg:
         if msg[0] != 0x20:
             raise ParseError("STRUCTURED-DATA must be followed by a space or the end")
-        msg = msg[1:]
+        # rsyslog's and syslog-ng's octet-counted frames count the LF their templates end with.
+        msg = msg[1:].rstrip(b"\r\n")
     if msg.startswith(_BOM):
         try:
             message.message = msg[len(_BOM) :].decode("utf-8")
@@ -376,7 +377,7 @@ def _parse_3164(rest: bytes, prival: int, now: dt.datetime) -> Message:
         if tag.group(2) is not None:
             message.procid = tag.group(2).decode("utf-8", "backslashreplace")
         position = tag.end()
-    message.message = text(rest[position:])
+    message.message = text(rest[position:].rstrip(b"\r\n"))
     return message
 
 

@@ -246,3 +246,10 @@ def test_any_line_becomes_an_event_the_application_stream_takes(line: bytes) -> 
     event = syslog.log_event(syslog.parse(line, NOW), "127.0.0.1:1", "tcp")
     # What the stream encodes must pass the native schema, as an HTTP client's event would.
     assert events.decode_log(msgspec.json.encode(event)) == event
+
+
+def test_the_lf_a_sender_counts_into_its_frame_is_no_part_of_the_message() -> None:
+    # rsyslog's RSYSLOG_SyslogProtocol23Format and syslog-ng's syslog() end each message with LF, inside the count.
+    assert syslog.parse(b"<13>1 2026-12-02T18:55:43.803918+00:00 vm tag - - -  one\n").message == " one"
+    assert syslog.parse(b'<13>1 2026-12-02T18:55:59+00:00 vm tag - - [meta sequenceId="1"] two\r\n').message == "two"
+    assert syslog.parse(b"<13>Oct 11 22:14:15 host app: three\n", NOW).message == "three"
