@@ -73,9 +73,10 @@ bench-infrastructure: venv
 	$(PY) scripts/bench_infrastructure.py
 
 ## bench: ceilings (raw producer, bare hypercorn), the gateway and the Strimzi Kafka Bridge in one table, with targets
+##   (BASELINE=<commit> also measures that commit's gateway rows, from a worktree; ONLY=single,batch500 runs those rows)
 bench: venv
 	@bash .ci/install-system-deps.sh --bench
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(if $(BASELINE),--baseline '$(BASELINE)') $(if $(ONLY),--only '$(ONLY)')
 
 ## bench-scaleout: single-event throughput of one process, --workers 2, and a gateway before two shippers
 bench-scaleout: venv

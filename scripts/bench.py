@@ -20,22 +20,34 @@ single events at 64 connections, batches at 16. Events are log JSON of about 100
 4. the bytes the broker stored for the same events with lz4 and without compression, and the
    gateway's peak RSS per configuration (the largest process, sampled during the run).
 
-Prints one table, then a PASS/FAIL line per target. Bench topics (and the database schema of
-the transaction run) are deleted at the end.
+Every row with accepted events also gives the CPU time per accepted event (``CPU µs/ev``): user
+and system time of the server's processes (the process and all its children) over the measured
+step, or of this process for the raw producer loops, which run in it.
 
-    .venv/bin/python scripts/bench.py [--seconds 10] [--no-bridge]
+``--only ROWS`` runs a subset (row keys such as ``single,batch500``; an unknown key lists them),
+with the rows a selected one needs (an open-loop row's closed-loop row). ``--baseline COMMIT``
+checks that commit out in a temporary git worktree and measures its gateway too, from that tree
+with this venv, each of its steps right after this code's: extra rows labelled with its short hash,
+and a ``vs baseline`` column (CPU µs/ev and events/s, this code's over the baseline's).
+
+Prints one table, then a PASS/FAIL line per target. Bench topics (and the database schemas of
+the transaction runs) are deleted at the end, the worktree too.
+
+    .venv/bin/python scripts/bench.py [--seconds 10] [--no-bridge] [--only ROWS] [--baseline COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +56,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,13 +71,16 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# Everything this script takes from app/, in one place (the gateway itself runs as `python -m app`).
 from app.config import load_settings  # noqa: E402
 from app.events import decode_log  # noqa: E402
 from app.observability.tracing import request_context  # noqa: E402
 from app.runtime import hypercorn_config, profile_producer_config  # noqa: E402
 from app.streams import log_records  # noqa: E402
 from scripts.bench_otlp import otlp_body  # noqa: E402
-from scripts.bench_support import ROOT, free_port, gateway_process, hey, infra_up, require_hey  # noqa: E402
+from scripts.bench_support import (  # noqa: E402
+    ROOT, app_env, free_port, gateway_process, hey, infra_up, require_hey,
+)
 from scripts.httpload import open_loop, request_bytes  # noqa: E402
 
 BRIDGE_VERSION = "0.33.1"
@@ -88,11 +103,25 @@ QUIET_CPU_PERCENT = 15.0
 SETTLE_AT_MOST = 30.0
 # Single events against bare hypercorn: this many rounds of one run each, in turn.
 PAIRED_ROUNDS = 3
-# The rows of the gateway process, in the table's order (measured in another, see gateway_rows).
-GATEWAY_ROWS = (
-    "single", "single_half", "bare_half", "tx1", "tx1_half", "single8080", "batch100", "batch500", "otlp500", "tx100",
-    "metrics100",
+# Every row's key (what --only takes), in the table's order; "codec" is the bytes-stored rows.
+ROW_KEYS = (
+    "raw", "raw_plain", "bare", "single", "single_half", "bare_half", "tx1", "tx1_half", "single8080", "batch100",
+    "batch500", "otlp500", "tx100", "metrics100", "workers", "workers500", "bridge1", "bridge500", "codec",
 )
+# An open-loop row runs at half the rate its closed-loop row reached: selecting it selects that row.
+NEEDS = {"single_half": "single", "bare_half": "single", "tx1_half": "tx1"}
+# The rows of the gateway process (transaction role, so every listener), in the order they are
+# measured: the log steps first, each open-loop row right after its closed-loop row. The transaction
+# steps leave the kernel writing PostgreSQL's and Kafka's pages back for half a minute, on the same
+# two cores. ("single" is measured first, in turn with bare hypercorn.)
+GATEWAY_ORDER = (
+    "single", "single_half", "bare_half", "single8080", "batch100", "batch500", "otlp500", "metrics100",
+    "tx1", "tx1_half", "tx100",
+)
+# ... and those of a second gateway process with --workers 2.
+WORKERS_ROWS = ("workers", "workers500")
+# The rows a baseline commit is measured for too: the gateway's (bare_half is bare hypercorn's).
+BASELINE_ROWS = frozenset(GATEWAY_ORDER + WORKERS_ROWS) - {"bare_half"}
 # Open-loop rows: this many measured runs; the row is the median one by p99.
 OPEN_LOOP_RUNS = 3
 # The JVM compiles its hot paths during the first seconds of load.
@@ -189,11 +218,52 @@ class Row:
     ratio: float = math.nan
     against: str = ""
     note: str = ""
+    cpu_us: float = math.nan  # CPU time per accepted event over the measured step, in µs
+    vs_cpu: float = math.nan  # cpu_us over the baseline commit's
+    vs_events: float = math.nan  # events over the baseline commit's
+
+
+def ratio(value: float, base: float) -> float:
+    """``value / base``, nan when there is no base figure (nan or 0)."""
+    return value / base if base and not math.isnan(base) else math.nan
+
+
+# -- CPU accounting ------------------------------------------------------------------------------
+
+
+def cpu_seconds(times: Any) -> float:
+    """User and system time from one process's psutil ``cpu_times()``, with that of the children it
+    has reaped (``children_*``; children still running are counted on their own)."""
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """The CPU time a process and all its descendants have used so far (``--workers 2`` forks
+    copies); nan when the process is gone. A descendant that exits in between is counted in its
+    parent's ``children_*`` once reaped, so the sum stays monotonic."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+        total = cpu_seconds(root.cpu_times())
+    except psutil.Error:
+        return math.nan
+    for process in processes[1:]:
+        with contextlib.suppress(psutil.Error):
+            total += cpu_seconds(process.cpu_times())
+    return total
+
+
+def per_event_us(before: float, after: float, events: float) -> float:
+    """CPU µs per accepted event from two CPU-second samples; nan without events or samples."""
+    if not events > 0 or math.isnan(before) or math.isnan(after):
+        return math.nan
+    return (after - before) * 1e6 / events
 
 
 @dataclass
 class RssSampler:
-    """The peak RSS of the largest process in a tree, sampled every 100 ms while it runs."""
+    """The peak RSS of the largest process in a tree, sampled every 100 ms while it runs; ``pid`` is
+    also the process whose tree's CPU time :func:`drive` takes."""
 
     pid: int
     peak: int = 0
@@ -244,13 +314,18 @@ def drive(
 ) -> Row:
     """A warm-up, then one measured ``hey`` run; events/s counts only the events of accepted answers.
 
-    With ``metrics_url`` (a gateway's /metrics) the note says why events were refused with 503.
+    With ``sampler``, the peak RSS and the CPU time per accepted event of the server's process tree
+    over the measured run (sampled right before and right after it, so neither the warm-up nor the
+    /metrics scrapes count). With ``metrics_url`` (a gateway's /metrics) the note says why events
+    were refused with 503.
     """
     print(f"  {name} ...", file=sys.stderr, flush=True)
     hey(url, str(body), warm_up, connections, content_type, accepted)
     before = rejected_events(metrics_url) if metrics_url else {}
     with sampler.running() if sampler else contextlib.nullcontext():
+        cpu_before = tree_cpu_seconds(sampler.pid) if sampler else math.nan
         result = hey(url, str(body), seconds, connections, content_type, accepted)
+        cpu_after = tree_cpu_seconds(sampler.pid) if sampler else math.nan
     after = rejected_events(metrics_url) if metrics_url else {}
     requests = result["ok"] + result["other"] + result["failed"]
     refused = [f"{int(v)} x {k.split()[1]}" for k, v in result.items() if k.startswith("status ")]
@@ -263,6 +338,7 @@ def drive(
         name, per_request, result["rps"], result["rps"] * per_request * result["ok"] / requests if requests else 0.0,
         result["p99"], result["other"] + result["failed"], sampler.peak / 2**20 if sampler else math.nan,
         note=f"not {accepted}: {', '.join(refused)}" if refused else "",
+        cpu_us=per_event_us(cpu_before, cpu_after, result["ok"] * per_request),
     )
 
 
@@ -278,7 +354,9 @@ RawRecord = tuple[bytes, bytes, Any]
 
 def raw_producer(name: str, bootstrap: str, topic: str, records: list[RawRecord], seconds: float) -> Row:
     """Produce ``(key, value, headers)`` records for ``seconds``, then flush: deliveries acknowledged
-    per second of the whole run."""
+    per second of the whole run. Its CPU per event is this process's ``time.process_time()`` over
+    the loop and the flush: every thread of it, so librdkafka's too (as a gateway's figure has its
+    librdkafka threads); nothing else runs in this process meanwhile."""
     print(f"  {name} ...", file=sys.stderr, flush=True)
     delivered = [0, 0]  # acknowledged, failed
 
@@ -288,6 +366,7 @@ def raw_producer(name: str, bootstrap: str, topic: str, records: list[RawRecord]
     producer = confluent_kafka.Producer({**producer_conf(bootstrap), "on_delivery": on_delivery})
     produce, poll = producer.produce, producer.poll
     started = time.monotonic()
+    cpu_started = time.process_time()
     deadline = started + seconds
     i = 0
     count = len(records)
@@ -303,7 +382,8 @@ def raw_producer(name: str, bootstrap: str, topic: str, records: list[RawRecord]
         poll(0)
     producer.flush(60)
     elapsed = time.monotonic() - started
-    return Row(name, 1, math.nan, delivered[0] / elapsed, errors=delivered[1])
+    cpu_us = per_event_us(cpu_started, time.process_time(), delivered[0])
+    return Row(name, 1, math.nan, delivered[0] / elapsed, errors=delivered[1], cpu_us=cpu_us)
 
 
 def gateway_records(events: list[dict[str, Any]]) -> list[RawRecord]:
@@ -392,6 +472,71 @@ def database_schema(database_url: str) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+# -- the baseline commit -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A commit checked out in a worktree of its own, whose gateway is measured beside this code's."""
+
+    commit: str  # the full hash
+    short: str  # what its rows are labelled with
+    root: Path  # the worktree
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def worktree_add_command(path: Path, commit: str) -> list[str]:
+    """A detached worktree of ``commit`` at ``path`` (the repository's index and branches untouched)."""
+    return ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), commit]
+
+
+def worktree_remove_command(path: Path) -> list[str]:
+    """Remove the worktree and its administrative files (``--force``: the run leaves __pycache__ in it)."""
+    return ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)]
+
+
+def imports_from(root: Path) -> Path:
+    """Where ``python -m app`` started in ``root`` (as :func:`gateway_process` starts it) imports ``app`` from."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import app; print(app.__file__)"],
+        cwd=root, env=app_env(root, os.environ), check=True, capture_output=True, text=True,
+    ).stdout
+    return Path(out.strip()).resolve()
+
+
+@contextlib.contextmanager
+def baseline_worktree(commit: str) -> Iterator[Baseline]:
+    """``commit`` checked out in a temporary worktree, removed at the end (also on Ctrl-C)."""
+    try:
+        full = git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"--baseline {commit}: not a commit of this repository") from None
+    short = git("rev-parse", "--short", full)
+    parent = Path(tempfile.mkdtemp(prefix=f"bench-baseline-{short}-"))
+    path = parent / "tree"
+    try:
+        print(f"baseline {short}: worktree at {path}", file=sys.stderr, flush=True)
+        subprocess.run(worktree_add_command(path, full), check=True)
+        where = imports_from(path)
+        if not where.is_relative_to(path.resolve()):
+            raise SystemExit(f"--baseline: python -m app in {path} imports app from {where}")
+        yield Baseline(full, short, path)
+    finally:
+        # A second Ctrl-C must not leave the worktree registered half-way through its removal.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            removed = subprocess.run(worktree_remove_command(path), capture_output=True, text=True)
+            if removed.returncode != 0 and path.exists():
+                print(f"could not remove the worktree {path} ({removed.stderr.strip()}); deleting it, "
+                      "`git worktree prune` forgets it", file=sys.stderr)
+            shutil.rmtree(parent, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+
+
 # -- the Strimzi Kafka Bridge -------------------------------------------------------------------
 
 
@@ -450,48 +595,155 @@ def bridge(lib: Path, bootstrap: str, tmp: Path) -> Iterator[tuple[int, subproce
         process.wait(timeout=60)
 
 
+BRIDGE_NAMES = {"bridge1": "Strimzi bridge, 1 record per request", "bridge500": "Strimzi bridge, 500 records per request"}
+
+
 def bridge_rows(
-    lib_dir: Path, bootstrap: str, admin: AdminClient, prefix: str, tmp: Path, events: list[dict[str, Any]], seconds: float
-) -> list[Row]:
+    lib_dir: Path, bootstrap: str, admin: AdminClient, prefix: str, tmp: Path, events: list[dict[str, Any]], seconds: float,
+    keys: Collection[str] = tuple(BRIDGE_NAMES),
+) -> dict[str, Row]:
+    """The bridge's rows of ``keys`` (bridge1, bridge500); their CPU is the JVM's (the process started)."""
+    keys = [key for key in BRIDGE_NAMES if key in keys]
     lib = bridge_classpath(lib_dir)
     if lib is None:
         reason = f"n/a: io.strimzi:kafka-bridge:{BRIDGE_VERSION} could not be fetched into {lib_dir}"
-        return [Row("Strimzi bridge, 1 record per request", note=reason), Row("Strimzi bridge, 500 records per request", note=reason)]
+        return {key: Row(BRIDGE_NAMES[key], note=reason) for key in keys}
     topic = f"{prefix}-bridge"
     create_topics(admin, [topic])
-    single, batch = tmp / "bridge-single.json", tmp / "bridge-batch.json"
-    single.write_bytes(compact({"records": [{"key": events[0]["source"], "value": events[0]}]}))
-    batch.write_bytes(compact({"records": [{"key": e["source"], "value": e} for e in events[:500]]}))
+    files = {"bridge1": tmp / "bridge-single.json", "bridge500": tmp / "bridge-batch.json"}
+    files["bridge1"].write_bytes(compact({"records": [{"key": events[0]["source"], "value": events[0]}]}))
+    files["bridge500"].write_bytes(compact({"records": [{"key": e["source"], "value": e} for e in events[:500]]}))
+    shape = {"bridge1": (1, SINGLE_CONNECTIONS), "bridge500": (500, BATCH_CONNECTIONS)}
     with bridge(lib, bootstrap, tmp) as (port, process):
         sampler = RssSampler(process.pid)
         url = f"http://127.0.0.1:{port}/topics/{topic}"
-        return [
-            drive("Strimzi bridge, 1 record per request", url, single, 1, SINGLE_CONNECTIONS, seconds, sampler,
-                  BRIDGE_TYPE, "200", BRIDGE_WARM_UP),
-            drive("Strimzi bridge, 500 records per request", url, batch, 500, BATCH_CONNECTIONS, seconds, sampler,
-                  BRIDGE_TYPE, "200", BRIDGE_WARM_UP),
-        ]
+        return {
+            key: drive(BRIDGE_NAMES[key], url, files[key], shape[key][0], shape[key][1], seconds, sampler,
+                       BRIDGE_TYPE, "200", BRIDGE_WARM_UP)
+            for key in keys
+        }
 
 
 # -- the run -----------------------------------------------------------------------------------
 
 
-def paired(ceiling: Callable[[], Row], measured: Callable[[], Row], rounds: int = PAIRED_ROUNDS) -> tuple[Row, Row]:
-    """Both steps in turn, ``rounds`` times: the median row of each, ``measured`` with the median of
-    the rounds' ratios. On two shared cores, runs minutes apart differ by tens of percent; one
-    after the other, both see the same machine."""
-    pairs = [(ceiling(), measured()) for _ in range(rounds)]
-    ratios = sorted(row.rps / base.rps for base, row in pairs)
-    base = sorted((base for base, _ in pairs), key=lambda row: row.rps)[rounds // 2]
-    row = sorted((row for _, row in pairs), key=lambda row: row.rps)[rounds // 2]
-    row.ratio, row.against = ratios[rounds // 2], f"bare hypercorn, median of {rounds} paired runs"
-    return base, row
+def select_rows(only: str | None) -> tuple[str, ...]:
+    """The row keys to run, in the table's order: every row, or those ``--only`` names (comma
+    separated) and the rows they need (an open-loop row's closed-loop row)."""
+    if only is None:
+        return ROW_KEYS
+    asked = [key.strip() for key in only.split(",") if key.strip()]
+    unknown = [key for key in asked if key not in ROW_KEYS]
+    if unknown or not asked:
+        raise ValueError(f"--only: unknown rows {', '.join(unknown) or '(none given)'}; the rows are {', '.join(ROW_KEYS)}")
+    chosen = {*asked, *(NEEDS[key] for key in asked if key in NEEDS)}
+    return tuple(key for key in ROW_KEYS if key in chosen)
+
+
+def paired(
+    ceiling: Callable[[], Row] | None, measured: Sequence[Callable[[], Row]], rounds: int = PAIRED_ROUNDS
+) -> tuple[Row | None, list[Row]]:
+    """The ceiling (when given) and then each measured step, in turn, ``rounds`` times: the median
+    row of each, the measured ones with the median of the rounds' ratios to the ceiling. On two
+    shared cores, runs minutes apart differ by tens of percent; one after the other, all see the
+    same machine."""
+    ceilings: list[Row] = []
+    runs: list[list[Row]] = []
+    for _ in range(rounds):
+        if ceiling is not None:
+            ceilings.append(ceiling())
+        runs.append([step() for step in measured])
+
+    def median(rows: list[Row]) -> Row:
+        return sorted(rows, key=lambda row: row.rps)[len(rows) // 2]
+
+    rows = []
+    for i in range(len(measured)):
+        row = median([steps[i] for steps in runs])
+        if ceilings:
+            ratios = sorted(ratio(steps[i].rps, base.rps) for base, steps in zip(ceilings, runs))
+            row.ratio = ratios[rounds // 2]
+            row.against = f"bare hypercorn, median of {rounds} paired runs" if rounds > 1 else "bare hypercorn"
+        rows.append(row)
+    return (median(ceilings) if ceilings else None), rows
+
+
+@dataclass(frozen=True)
+class Step:
+    """A closed-loop step: ``hey`` against one listener's route."""
+
+    name: str
+    listener: str
+    path: str
+    body: str  # the key of its body
+    per_request: int
+    connections: list[str]
+    content_type: str = "application/json"
+    accepted: str = "202"
+    metrics: bool = True  # explain 503s from the listener's /metrics
+
+
+STEPS = {
+    "single": Step("gateway, single, 8081", "application", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS),
+    "single8080": Step("gateway, single, through 8080", "gateway", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS),
+    "batch100": Step(
+        "gateway, log batch of 100, 8081", "application", "/api/v1/logs/batch", "batch100", 100, BATCH_CONNECTIONS
+    ),
+    "batch500": Step(
+        "gateway, log batch of 500, 8081", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS
+    ),
+    "otlp500": Step(
+        "gateway, OTLP logs, 500 records, 8081", "application", "/v1/logs", "otlp500", 500, BATCH_CONNECTIONS,
+        content_type="application/x-protobuf", accepted="200",
+    ),
+    "metrics100": Step(
+        "gateway, metrics batch of 100, 8082", "infrastructure", "/api/v1/metrics/batch", "metrics100", 100,
+        BATCH_CONNECTIONS,
+    ),
+    "tx1": Step("gateway, single transaction, 8083", "transaction", "/api/v1/transactions", "tx1", 1, SINGLE_CONNECTIONS),
+    "tx100": Step(
+        "gateway, transaction batch of 100, 8083", "transaction", "/api/v1/transactions/batch", "tx100", 100,
+        BATCH_CONNECTIONS,
+    ),
+    "workers": Step(
+        "gateway --workers 2, single, 8081", "application", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS, metrics=False
+    ),
+    # For the record only: the batch targets are judged on one process.
+    "workers500": Step(
+        "gateway --workers 2, log batch of 500", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS,
+        metrics=False,
+    ),
+}
+# Open-loop rows: their name, and the closed-loop row at half whose rate (and on whose route) they run.
+OPEN_LOOPS = {
+    "single_half": ("gateway, single, 8081, open loop at half its maximum", "single"),
+    "tx1_half": ("gateway, single transaction, open loop at half its maximum", "tx1"),
+}
+
+
+@dataclass
+class Server:
+    """A server under test: its listeners' ports, and the sampler of its process (RSS, and the tree
+    whose CPU is taken); ``label`` is a baseline's short hash ("" for this code)."""
+
+    ports: dict[str, int]
+    sampler: RssSampler
+    label: str = ""
+
+    def url(self, listener: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[listener]}{path}"
+
+    def row_name(self, name: str) -> str:
+        """A baseline's rows sit right under this code's: they are named by the commit alone."""
+        return f"  baseline {self.label}" if self.label else name
 
 
 def gateway_rows(
     services: dict[str, str], prefix: str, tmp: Path, events: list[dict[str, Any]], seconds: float,
-    bare: Callable[[], Row], bare_port: int,
-) -> tuple[Row, list[Row], Row]:
+    selected: Collection[str], baseline: Baseline | None = None,
+) -> tuple[dict[str, Row], dict[str, Row]]:
+    """Bare hypercorn's and the gateway's ``selected`` rows, by key; and the baseline commit's rows,
+    each of its steps right after this code's (the open-loop ones at this code's rate)."""
     bodies = {
         "single": compact(events[0]),
         "batch100": compact({"logs": events[:100]}),
@@ -509,90 +761,103 @@ def gateway_rows(
     for name, body in bodies.items():
         files[name] = tmp / f"{name}.json"
         files[name].write_bytes(body)
-    topics = {
-        "APPLICATION_TOPIC": f"{prefix}-application-logs",
-        "INFRASTRUCTURE_TOPIC": f"{prefix}-infrastructure-logs",
-        "TRANSACTION_TOPIC": f"{prefix}-transaction-logs",
-    }
-    rows = []
-    with database_schema(services["DATABASE_URL"]) as database_url:
-        with gateway_process("transaction", **UNLIMITED, **topics, DATABASE_URL=database_url) as (ports, process):
-            sampler = RssSampler(process.pid)
+    # The trees whose gateways run: this one, and the baseline's worktree with topics of its own.
+    trees = [("", ROOT, prefix)] + ([(baseline.short, baseline.root, f"{prefix}-{baseline.short}")] if baseline else [])
+    rows: dict[str, Row] = {}
+    based: dict[str, Row] = {}
 
-            def url(listener: str, path: str) -> str:
-                return f"http://127.0.0.1:{ports[listener]}{path}"
+    def topics(topic_prefix: str) -> dict[str, str]:
+        return {
+            "APPLICATION_TOPIC": f"{topic_prefix}-application-logs",
+            "INFRASTRUCTURE_TOPIC": f"{topic_prefix}-infrastructure-logs",
+            "TRANSACTION_TOPIC": f"{topic_prefix}-transaction-logs",
+        }
 
-            def step(
-                name: str, listener: str, path: str, body: str, per_request: int, connections: list[str],
-                content_type: str = "application/json", accepted: str = "202",
-            ) -> Row:
-                return drive(name, url(listener, path), files[body], per_request, connections, seconds, sampler,
-                             content_type=content_type, accepted=accepted, metrics_url=url(listener, "/metrics"))
+    def step(server: Server, key: str) -> Row:
+        spec = STEPS[key]
+        return drive(
+            server.row_name(spec.name), server.url(spec.listener, spec.path), files[spec.body], spec.per_request,
+            spec.connections, seconds, server.sampler, content_type=spec.content_type, accepted=spec.accepted,
+            metrics_url=server.url(spec.listener, "/metrics") if spec.metrics else "",
+        )
 
-            def half(name: str, listener: str, path: str, body: str, maximum: Row) -> Row:
-                return open_loop_row(name, ports[listener], path, bodies[body], maximum.rps / 2, seconds)
+    def record(server: Server, key: str, row: Row) -> None:
+        (based if server.label else rows)[key] = row
 
-            bare_row, single = paired(
-                bare, lambda: step("gateway, single, 8081", "application", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS)
-            )
-            # The log steps first, each open-loop row right after its closed-loop row: the transaction
-            # steps leave the kernel writing PostgreSQL's and Kafka's pages back for half a minute, on
-            # the same two cores. The rows are listed in the order of ``GATEWAY_ROWS`` all the same.
-            measured = {"single": single}
-            measured["single_half"] = half(
-                "gateway, single, 8081, open loop at half its maximum", "application", "/api/v1/logs", "single", single
-            )
-            # The HTTP layer's own tail under the same schedule: what the gateway's p99 compares with.
-            measured["bare_half"] = open_loop_row(
-                "bare ASGI on hypercorn-trio, open loop at the same rate", bare_port, "/", bodies["single"],
-                single.rps / 2, seconds,
-            )
-            measured["single8080"] = step(
-                "gateway, single, through 8080", "gateway", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS
-            )
-            measured["batch100"] = step(
-                "gateway, log batch of 100, 8081", "application", "/api/v1/logs/batch", "batch100", 100, BATCH_CONNECTIONS
-            )
-            measured["batch500"] = step(
-                "gateway, log batch of 500, 8081", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS
-            )
-            measured["otlp500"] = step(
-                "gateway, OTLP logs, 500 records, 8081", "application", "/v1/logs", "otlp500", 500, BATCH_CONNECTIONS,
-                content_type="application/x-protobuf", accepted="200",
-            )
-            measured["metrics100"] = step(
-                "gateway, metrics batch of 100, 8082", "infrastructure", "/api/v1/metrics/batch", "metrics100", 100,
-                BATCH_CONNECTIONS,
-            )
-            measured["tx1"] = step(
-                "gateway, single transaction, 8083", "transaction", "/api/v1/transactions", "tx1", 1, SINGLE_CONNECTIONS
-            )
-            measured["tx1_half"] = half(
-                "gateway, single transaction, open loop at half its maximum", "transaction", "/api/v1/transactions",
-                "tx1", measured["tx1"],
-            )
-            measured["tx100"] = step(
-                "gateway, transaction batch of 100, 8083", "transaction", "/api/v1/transactions/batch", "tx100", 100,
-                BATCH_CONNECTIONS,
-            )
-            rows += [measured[key] for key in GATEWAY_ROWS]
-    settle()
-    with gateway_process("application", "--no-postgres", args=["--role", "application", "--workers", "2"],
-                         **UNLIMITED, **topics) as (ports, process):
-        time.sleep(2)  # the second copy
-        sampler = RssSampler(process.pid)
-        workers = drive("gateway --workers 2, single, 8081", f"http://127.0.0.1:{ports['application']}/api/v1/logs",
-                        files["single"], 1, SINGLE_CONNECTIONS, seconds, sampler)
-        # For the record only: the batch targets are judged on one process.
-        rows.append(drive("gateway --workers 2, log batch of 500", f"http://127.0.0.1:{ports['application']}/api/v1/logs/batch",
-                          files["batch500"], 500, BATCH_CONNECTIONS, seconds, sampler))
-    return bare_row, rows, workers
+    with contextlib.ExitStack() as stack:
+        bare: Server | None = None
+        if {"bare", "bare_half"} & set(selected):
+            port, process = stack.enter_context(bare_server())
+            bare = Server({"bare": port}, RssSampler(process.pid))
+        servers: list[Server] = []
+        if set(GATEWAY_ORDER) & set(selected):
+            for label, root, topic_prefix in trees:
+                database_url = stack.enter_context(database_schema(services["DATABASE_URL"]))
+                ports, process = stack.enter_context(gateway_process(
+                    "transaction", root=root, **UNLIMITED, **topics(topic_prefix), DATABASE_URL=database_url
+                ))
+                servers.append(Server(ports, RssSampler(process.pid), label))
+
+        def bare_step(server: Server) -> Row:
+            return drive("bare ASGI on hypercorn-trio (ceiling)", server.url("bare", "/"), files["single"], 1,
+                         SINGLE_CONNECTIONS, seconds, server.sampler)
+
+        # Single events: bare hypercorn, this code's gateway and the baseline's, in turn.
+        ceiling = functools.partial(bare_step, bare) if bare is not None and "bare" in selected else None
+        singles = [functools.partial(step, server, "single") for server in servers] if "single" in selected else []
+        if ceiling is not None or singles:
+            base, measured = paired(ceiling, singles, PAIRED_ROUNDS if ceiling is not None and singles else 1)
+            if base is not None:
+                rows["bare"] = base
+            for server, row in zip(servers, measured):
+                record(server, "single", row)
+        for key in GATEWAY_ORDER[1:]:
+            if key not in selected:
+                continue
+            if key == "bare_half":
+                # The HTTP layer's own tail under the same schedule: what the gateway's p99 compares with.
+                assert bare is not None
+                rows[key] = open_loop_row(
+                    "bare ASGI on hypercorn-trio, open loop at the same rate", bare.ports["bare"], "/",
+                    bodies["single"], rows["single"].rps / 2, seconds, bare.sampler.pid,
+                )
+                continue
+            for server in servers:
+                if key in OPEN_LOOPS:
+                    name, closed = OPEN_LOOPS[key]
+                    spec = STEPS[closed]
+                    row = open_loop_row(
+                        server.row_name(name), server.ports[spec.listener], spec.path, bodies[spec.body],
+                        rows[closed].rps / 2, seconds, server.sampler.pid,
+                    )
+                else:
+                    row = step(server, key)
+                record(server, key, row)
+    if set(WORKERS_ROWS) & set(selected):
+        settle()
+        with contextlib.ExitStack() as stack:
+            servers = []
+            for label, root, topic_prefix in trees:
+                ports, process = stack.enter_context(gateway_process(
+                    "application", "--no-postgres", args=["--role", "application", "--workers", "2"], root=root,
+                    **UNLIMITED, **topics(topic_prefix),
+                ))
+                servers.append(Server(ports, RssSampler(process.pid), label))
+            time.sleep(2)  # the second copies
+            for key in WORKERS_ROWS:
+                if key in selected:
+                    for server in servers:
+                        record(server, key, step(server, key))
+    return rows, based
 
 
-def open_loop_row(name: str, port: int, path: str, body: bytes, rate: float, seconds: float) -> Row:
+def open_loop_row(
+    name: str, port: int, path: str, body: bytes, rate: float, seconds: float, pid: int | None = None
+) -> Row:
     """Requests on a fixed schedule (scripts/httpload.py), latency from the scheduled time: a slow
     answer cannot hide the ones it delays (no coordinated omission). Measured OPEN_LOOP_RUNS times;
-    the row is the run with the median p99, and its note gives every run's."""
+    the row is the run with the median p99 (and that run's CPU per event of the process tree of
+    ``pid``), and its note gives every run's p99."""
     print(f"  {name} ...", file=sys.stderr, flush=True)
     request = request_bytes(f"127.0.0.1:{port}", path, body)
     # The closed-loop step before leaves work behind (the outbox relay publishing its backlog, the
@@ -601,10 +866,15 @@ def open_loop_row(name: str, port: int, path: str, body: bytes, rate: float, sec
     trio.run(open_loop, "127.0.0.1", port, request, rate, WARM_UP)
     runs = []
     for _ in range(OPEN_LOOP_RUNS):
+        cpu_before = tree_cpu_seconds(pid) if pid else math.nan
         answers = trio.run(open_loop, "127.0.0.1", port, request, rate, seconds)
+        cpu_after = tree_cpu_seconds(pid) if pid else math.nan
         accepted = sorted(answer.latency for answer in answers if answer.status == 202)
         p99 = accepted[min(len(accepted) - 1, int(len(accepted) * 0.99))] * 1000 if accepted else math.nan
-        runs.append(Row(name, 1, len(answers) / seconds, len(accepted) / seconds, p99, len(answers) - len(accepted)))
+        runs.append(Row(
+            name, 1, len(answers) / seconds, len(accepted) / seconds, p99, len(answers) - len(accepted),
+            cpu_us=per_event_us(cpu_before, cpu_after, len(accepted)),
+        ))
     row = median_p99(runs)
     row.note = f"{rate:,.0f} requests/s offered; p99 of the runs: " + ", ".join(f"{run.p99:.1f}" for run in runs) + " ms"
     return row
@@ -627,58 +897,125 @@ def median_p99(runs: list[Row]) -> Row:
     return ordered[len(ordered) // 2]
 
 
+def assign_ratios(rows: dict[str, Row], of: dict[str, Row]) -> None:
+    """The ratio column of the rows in ``of`` (this code's, or the baseline's) against this run's
+    ceilings in ``rows``; ``single`` has its own from the paired runs."""
+    raw, bare = rows.get("raw"), rows.get("bare")
+    if "single8080" in of and bare is not None:
+        of["single8080"].ratio, of["single8080"].against = ratio(of["single8080"].rps, bare.rps), "bare hypercorn (median)"
+    for key in ("batch100", "batch500", "otlp500", "tx100", "metrics100", "workers500"):
+        if key in of and raw is not None:
+            of[key].ratio, of[key].against = ratio(of[key].events, raw.events), "raw producer"
+    if "workers" in of and "single" in of:
+        of["workers"].ratio, of["workers"].against = ratio(of["workers"].rps, of["single"].rps), "one process, 8081"
+
+
+def compare_with_baseline(rows: dict[str, Row], based: dict[str, Row]) -> None:
+    """The ``vs baseline`` column: this code's CPU per event and events/s over the baseline's."""
+    for key, then in based.items():
+        if key in rows:
+            rows[key].vs_cpu = ratio(rows[key].cpu_us, then.cpu_us)
+            rows[key].vs_events = ratio(rows[key].events, then.events)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def targets(rows: dict[str, Row]) -> list[str]:
-    """One line per target, from the figures of this run; a missing figure fails its target."""
-    raw = rows["raw"].events
-    single, batch500, workers = rows["single"], rows["batch500"], rows["workers"]
+def cpu_note(*rows: tuple[str, Row | None]) -> str:
+    """``; CPU µs/ev: batch 12.3, raw 3.1`` for those of ``rows`` with a CPU figure ('' for none)."""
+    shown = [f"{what} {row.cpu_us:,.1f}" for what, row in rows if row is not None and not math.isnan(row.cpu_us)]
+    return f"; CPU µs/ev: {', '.join(shown)}" if shown else ""
+
+
+def targets(rows: dict[str, Row], selected: Collection[str] = ROW_KEYS) -> list[str]:
+    """One line per target whose rows were selected, from the figures of this run; a missing figure
+    fails its target."""
+    missing = Row("missing")
+    raw, bare = rows.get("raw", missing), rows.get("bare")
+    single, batch500, workers = rows.get("single", missing), rows.get("batch500", missing), rows.get("workers", missing)
     bridge500 = rows.get("bridge500")
     gateway_rss = max(
-        (row.rss_mb for key, row in rows.items() if key not in {"bridge1", "bridge500", "bare"} and not math.isnan(row.rss_mb)),
-        default=math.nan,
+        (row.rss_mb for key, row in rows.items() if key in BASELINE_ROWS and not math.isnan(row.rss_mb)), default=math.nan
     )
-    lines = [
-        f"{verdict(batch500.events >= 250_000)}  log batch of 500 >= 250,000 events/s ({batch500.events:,.0f})",
-        f"{verdict(batch500.events >= 0.5 * raw)}  log batch of 500 >= 0.5 x raw producer of the same records "
-        f"({batch500.events / raw:.2f} x)",
-        f"{verdict(single.ratio >= 0.85)}  single on 8081 >= 0.85 x bare hypercorn ({single.ratio:.2f} x, "
-        f"median of {PAIRED_ROUNDS} paired runs)",
-        f"{verdict(workers.rps >= WORKERS_CLEARLY_MORE * single.rps)}  --workers 2 >= {WORKERS_CLEARLY_MORE} x one process "
-        f"({workers.rps / single.rps:.2f} x)",
-    ]
+    lines = []
+
+    def judge(needs: tuple[str, ...], ok: bool, text: str) -> None:
+        if all(key in selected for key in needs):
+            lines.append(f"{verdict(ok)}  {text}")
+
+    judge(("batch500",), batch500.events >= 250_000,
+          f"log batch of 500 >= 250,000 events/s ({batch500.events:,.0f}{cpu_note(('batch', batch500))})")
+    judge(("batch500", "raw"), batch500.events >= 0.5 * raw.events,
+          f"log batch of 500 >= 0.5 x raw producer of the same records ({ratio(batch500.events, raw.events):.2f} x"
+          f"{cpu_note(('batch', batch500), ('raw', raw))})")
+    judge(("single", "bare"), single.ratio >= 0.85,
+          f"single on 8081 >= 0.85 x bare hypercorn ({single.ratio:.2f} x, median of {PAIRED_ROUNDS} paired runs"
+          f"{cpu_note(('gateway', single), ('bare', bare))})")
+    judge(("workers", "single"), workers.rps >= WORKERS_CLEARLY_MORE * single.rps,
+          f"--workers 2 >= {WORKERS_CLEARLY_MORE} x one process ({ratio(workers.rps, single.rps):.2f} x"
+          f"{cpu_note(('--workers 2', workers), ('one process', single))})")
     if bridge500 is not None and not math.isnan(bridge500.events):
-        lines.append(
-            f"{verdict(batch500.events >= bridge500.events)}  log batch of 500 >= the bridge's 500-record batches "
-            f"({batch500.events / bridge500.events:.2f} x)"
-        )
+        judge(("batch500", "bridge500"), batch500.events >= bridge500.events,
+              f"log batch of 500 >= the bridge's 500-record batches ({ratio(batch500.events, bridge500.events):.2f} x"
+              f"{cpu_note(('gateway', batch500), ('bridge', bridge500))})")
     else:
-        lines.append("FAIL  log batch of 500 >= the bridge's 500-record batches (no bridge figure)")
+        judge(("batch500", "bridge500"), False, "log batch of 500 >= the bridge's 500-record batches (no bridge figure)")
     for key, what, limit in (("single_half", "single events", 15), ("tx1_half", "single transactions", 50)):
-        p99 = rows[key].p99 if key in rows else math.nan
+        row = rows.get(key, missing)
         beside = f"; bare hypercorn at the same rate {rows['bare_half'].p99:.1f} ms" if key == "single_half" and "bare_half" in rows else ""
-        lines.append(
-            f"{verdict(p99 < limit)}  {what} at half their maximum, open loop: p99 < {limit} ms "
-            f"({p99:.1f} ms, median of {OPEN_LOOP_RUNS} runs{beside})"
-        )
-    lines.append(f"{verdict(gateway_rss < 256)}  gateway peak RSS < 256 MB ({gateway_rss:.0f} MB, largest process)")
+        judge((key,), row.p99 < limit,
+              f"{what} at half their maximum, open loop: p99 < {limit} ms "
+              f"({row.p99:.1f} ms, median of {OPEN_LOOP_RUNS} runs{beside}{cpu_note(('gateway', row))})")
+    if BASELINE_ROWS & set(selected):
+        lines.append(f"{verdict(gateway_rss < 256)}  gateway peak RSS < 256 MB ({gateway_rss:.0f} MB, largest process)")
     return lines
 
 
-def print_table(rows: list[Row]) -> None:
+def baseline_lines(rows: dict[str, Row], based: dict[str, Row], short: str) -> list[str]:
+    """One line per row measured for the baseline too: this code's figure, the baseline's, their ratio."""
+    def figures(what: str, now: float, then: float, spec: str) -> str:
+        if math.isnan(now) and math.isnan(then):
+            return ""
+        shown = [format(value, spec) if not math.isnan(value) else "-" for value in (now, then)]
+        times = ratio(now, then)
+        return f"{what} {shown[0]} against {shown[1]}" + ("" if math.isnan(times) else f" ({times:.2f} x)")
+
+    lines = [f"This code against {short} (this code's figure, then the baseline's):"]
+    for key in ROW_KEYS:
+        if key in rows and key in based:
+            now, then = rows[key], based[key]
+            parts = [
+                figures("CPU µs/ev", now.cpu_us, then.cpu_us, ",.1f"),
+                figures("events/s", now.events, then.events, ",.0f"),
+                figures("p99 ms", now.p99, then.p99, ".1f"),
+            ]
+            lines.append(f"  {key:<12}" + "; ".join(part for part in parts if part))
+    return lines
+
+
+def print_table(rows: list[Row], baseline_column: bool = False) -> None:
     def number(value: float, spec: str) -> str:
         return "" if math.isnan(value) else format(value, spec)
 
-    header = f"{'run':<44}{'ev/req':>7}{'req/s':>9}{'events/s':>11}{'p99 ms':>9}{'errors':>8}{'RSS MB':>8}{'ratio':>7}  vs / note"
+    def versus(row: Row) -> str:
+        if math.isnan(row.vs_cpu) and math.isnan(row.vs_events):
+            return ""
+        return f"{number(row.vs_cpu, '.2f') or '-'} / {number(row.vs_events, '.2f') or '-'}"
+
+    header = (
+        f"{'run':<44}{'ev/req':>7}{'req/s':>9}{'events/s':>11}{'CPU µs/ev':>10}"
+        + (f"{'vs baseline':>13}" if baseline_column else "")
+        + f"{'p99 ms':>9}{'errors':>8}{'RSS MB':>8}{'ratio':>7}  vs / note"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         against = row.against + (f"; {row.note}" if row.against and row.note else row.note)
         print(
             f"{row.name:<44}{row.per_request:>7}{number(row.rps, ',.0f'):>9}{number(row.events, ',.0f'):>11}"
-            f"{number(row.p99, '.1f'):>9}{number(row.errors, '.0f'):>8}{number(row.rss_mb, '.0f'):>8}"
+            f"{number(row.cpu_us, ',.1f'):>10}" + (f"{versus(row):>13}" if baseline_column else "")
+            + f"{number(row.p99, '.1f'):>9}{number(row.errors, '.0f'):>8}{number(row.rss_mb, '.0f'):>8}"
             f"{number(row.ratio, '.2f'):>7}  {against}"
         )
 
@@ -691,11 +1028,25 @@ def main() -> int:
         "--bridge-lib", type=Path, default=BRIDGE_LIB,
         help="the bridge's jars (default .local/kafka-bridge/lib, fetched with ops/kafka-bridge/pom.xml when empty)",
     )
+    parser.add_argument(
+        "--only", metavar="ROWS",
+        help=f"run only these rows (comma separated) and the rows they need: {', '.join(ROW_KEYS)}",
+    )
+    parser.add_argument(
+        "--baseline", metavar="COMMIT",
+        help="also measure the gateway rows of COMMIT, from a temporary git worktree, each right after this code's",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return 0
+    try:
+        selected = select_rows(args.only)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.baseline and not BASELINE_ROWS & set(selected):
+        parser.error(f"--baseline measures gateway rows only ({', '.join(sorted(BASELINE_ROWS))}); none is selected")
     require_hey()
     services = infra_up()
     bootstrap = services["KAFKA_BOOTSTRAP_SERVERS"]
@@ -706,57 +1057,55 @@ def main() -> int:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     rows: dict[str, Row] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp_name:
-            tmp = Path(tmp_name)
-            raw_topic = f"{prefix}-raw"
-            create_topics(admin, [raw_topic])
-            # The ceiling: the very records the gateway writes. For reference, the events' JSON alone.
-            rows["raw"] = raw_producer(
-                "raw confluent-kafka producer (ceiling)", bootstrap, raw_topic, gateway_records(events), args.seconds
-            )
-            rows["raw_plain"] = raw_producer(
-                "raw producer, event JSON alone, no headers", bootstrap, raw_topic,
-                [(b"app-%d" % (i % 7), value, None) for i, value in enumerate(values)], args.seconds,
-            )
-            single = tmp / "bare.json"
-            single.write_bytes(values[0])
-            with bare_server() as (port, process):
-                def bare() -> Row:
-                    return drive("bare ASGI on hypercorn-trio (ceiling)", f"http://127.0.0.1:{port}/", single, 1,
-                                 SINGLE_CONNECTIONS, args.seconds, RssSampler(process.pid))
+    based: dict[str, Row] = {}
+    codec: list[Row] = []
+    with baseline_worktree(args.baseline) if args.baseline else contextlib.nullcontext() as baseline:
+        try:
+            with tempfile.TemporaryDirectory() as tmp_name:
+                tmp = Path(tmp_name)
+                raw_topic = f"{prefix}-raw"
+                if {"raw", "raw_plain"} & set(selected):
+                    create_topics(admin, [raw_topic])
+                # The ceiling: the very records the gateway writes. For reference, the events' JSON alone.
+                if "raw" in selected:
+                    rows["raw"] = raw_producer(
+                        "raw confluent-kafka producer (ceiling)", bootstrap, raw_topic, gateway_records(events), args.seconds
+                    )
+                if "raw_plain" in selected:
+                    rows["raw_plain"] = raw_producer(
+                        "raw producer, event JSON alone, no headers", bootstrap, raw_topic,
+                        [(b"app-%d" % (i % 7), value, None) for i, value in enumerate(values)], args.seconds,
+                    )
+                gateway, based = gateway_rows(services, prefix, tmp, events, args.seconds, selected, baseline)
+                rows.update(gateway)
+                bridged = [key for key in BRIDGE_NAMES if key in selected]
+                if bridged and not args.no_bridge:
+                    rows.update(bridge_rows(args.bridge_lib, bootstrap, admin, prefix, tmp, events, args.seconds, bridged))
+                if "codec" in selected:
+                    codec = compression_rows(bootstrap, admin, prefix, values)
+        finally:
+            delete_topics(admin, prefix)
 
-                rows["bare"], gateway, workers = gateway_rows(services, prefix, tmp, events, args.seconds, bare, port)
-            keys = (*GATEWAY_ROWS, "workers500")
-            assert len(keys) == len(gateway), "one key per gateway row"
-            for key, row in zip(keys, gateway):
-                rows[key] = row
-            rows["workers"] = workers
-            if not args.no_bridge:
-                rows["bridge1"], rows["bridge500"] = bridge_rows(
-                    args.bridge_lib, bootstrap, admin, prefix, tmp, events, args.seconds
-                )
-            codec = compression_rows(bootstrap, admin, prefix, values)
-    finally:
-        delete_topics(admin, prefix)
-
-    raw = rows["raw"].events
-    rows["single8080"].ratio = rows["single8080"].rps / rows["bare"].rps
-    rows["single8080"].against = "bare hypercorn (median)"
-    for key in ("batch100", "batch500", "otlp500", "tx100", "metrics100", "workers500"):
-        rows[key].ratio, rows[key].against = rows[key].events / raw, "raw producer"
-    rows["workers"].ratio, rows["workers"].against = rows["workers"].rps / rows["single"].rps, "one process, 8081"
-    if "bridge500" in rows and not math.isnan(rows["bridge500"].events):
-        rows["bridge1"].ratio, rows["bridge1"].against = rows["single"].rps / rows["bridge1"].rps, "gateway single / this"
-        rows["bridge500"].ratio, rows["bridge500"].against = rows["batch500"].events / rows["bridge500"].events, "gateway batch-500 / this"
-    order = [
-        "raw", "raw_plain", "bare", "single", "single_half", "bare_half", "tx1", "tx1_half", "single8080", "batch100", "batch500",
-        "otlp500", "tx100", "metrics100", "workers", "workers500", "bridge1", "bridge500",
-    ]
-    print_table([rows[key] for key in order if key in rows] + codec)
+    assign_ratios(rows, rows)
+    assign_ratios(rows, based)
+    if "single" in rows and "bridge1" in rows and not math.isnan(rows["bridge1"].events):
+        rows["bridge1"].ratio, rows["bridge1"].against = ratio(rows["single"].rps, rows["bridge1"].rps), "gateway single / this"
+    if "batch500" in rows and "bridge500" in rows and not math.isnan(rows["bridge500"].events):
+        rows["bridge500"].ratio = ratio(rows["batch500"].events, rows["bridge500"].events)
+        rows["bridge500"].against = "gateway batch-500 / this"
+    compare_with_baseline(rows, based)
+    table = [row for key in ROW_KEYS for row in (rows.get(key), based.get(key)) if row is not None]
+    print_table(table + codec, baseline_column=bool(based))
+    if baseline is not None:
+        print(f"(baseline rows: {baseline.short}, from a worktree of {baseline.commit}; vs baseline: "
+              "CPU µs/ev / the baseline's, events/s / the baseline's)")
     print()
-    for line in targets(rows):
+    for line in targets(rows, selected):
         print(line)
+    if baseline is not None and based:
+        print()
+        for line in baseline_lines(rows, based, baseline.short):
+            print(line)
     return 0
 
 

@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENERS = ("gateway", "application", "infrastructure", "transaction")
+# The syslog and forward socket listeners stay off unless a bench gives them ports: on their default
+# ports, two gateways at once (a baseline beside this code, or another engineer's) would collide.
+SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0"}
 
 
 def free_port() -> int:
@@ -45,20 +48,34 @@ def infra_up(*infra_args: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in served.split())
 
 
+def app_command(args: Sequence[str] = ()) -> list[str]:
+    """``python -m app [args]`` with this interpreter (the venv's: a baseline tree needs the same dependencies)."""
+    return [sys.executable, "-m", "app", *args]
+
+
+def app_env(root: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with ``root`` first on PYTHONPATH, so ``python -m app`` (and its ``--workers`` copies) import
+    the ``app`` package of that tree, not the one the venv's editable install points at."""
+    path = [str(root), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
+
+
 @contextlib.contextmanager
 def gateway_process(
-    ready: str, *infra_args: str, args: Sequence[str] = (), **env: str
+    ready: str, *infra_args: str, args: Sequence[str] = (), root: Path = ROOT, **env: str
 ) -> Iterator[tuple[dict[str, int], subprocess.Popen[bytes]]]:
-    """:func:`gateway`, also yielding the process (for its memory)."""
+    """:func:`gateway`, also yielding the process (for its memory and CPU); ``root`` is the source tree
+    it runs from (its working directory and first on PYTHONPATH): this one, or a baseline's worktree."""
     ports = {name: free_port() for name in LISTENERS}
     full_env = {
         **os.environ,
         **infra_up(*infra_args),
         "LOG_LEVEL": "WARNING",
+        **SOCKETS_OFF,
         **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **env,
     }
-    process = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(app_command(args), cwd=root, env=app_env(root, full_env), stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{ports[ready]}")
         yield ports, process
@@ -68,9 +85,11 @@ def gateway_process(
 
 
 @contextlib.contextmanager
-def gateway(ready: str, *infra_args: str, args: Sequence[str] = (), **env: str) -> Iterator[dict[str, int]]:
+def gateway(
+    ready: str, *infra_args: str, args: Sequence[str] = (), root: Path = ROOT, **env: str
+) -> Iterator[dict[str, int]]:
     """``make infra-up``, then ``python -m app [args]`` on free ports (yielded by listener) until the block ends."""
-    with gateway_process(ready, *infra_args, args=args, **env) as (ports, _):
+    with gateway_process(ready, *infra_args, args=args, root=root, **env) as (ports, _):
         yield ports
 
 

@@ -7,9 +7,13 @@ import json
 import math
 import random
 import subprocess
+import sys
+import urllib.request
+from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from scripts import bench, bench_support
@@ -116,10 +120,31 @@ def test_targets_are_judged_on_the_figures() -> None:
 
 def test_single_events_are_judged_on_the_median_of_paired_runs() -> None:
     runs = iter([1000.0, 800.0, 1500.0, 1200.0, 900.0, 870.0])  # bare, gateway, in turn
-    bare, single = bench.paired(lambda: bench.Row("bare", rps=next(runs)), lambda: bench.Row("single", rps=next(runs)))
+    bare, [single] = bench.paired(
+        lambda: bench.Row("bare", rps=next(runs)), [lambda: bench.Row("single", rps=next(runs))]
+    )
     # Ratios 0.8, 0.8, 0.967: their median; each row the median of its own runs.
+    assert bare is not None
     assert (bare.rps, single.rps, single.ratio) == (1000.0, 870.0, 0.8)
     assert bench.targets(rows() | {"single": single})[2].startswith("FAIL")
+
+
+def test_a_baseline_s_single_events_run_in_the_same_rounds() -> None:
+    order: list[str] = []
+
+    def run(name: str, rps: float) -> bench.Row:
+        order.append(name)
+        return bench.Row(name, rps=rps)
+
+    rates = {"bare": iter([1000.0, 1000.0, 1000.0]), "now": iter([900.0, 950.0, 800.0]), "then": iter([700.0, 600, 800])}
+    bare, [now, then] = bench.paired(
+        lambda: run("bare", next(rates["bare"])), [lambda: run("now", next(rates["now"])), lambda: run("then", next(rates["then"]))]
+    )
+    assert order == ["bare", "now", "then"] * 3
+    assert (now.rps, now.ratio, then.rps, then.ratio) == (900.0, 0.9, 700.0, 0.7)
+    # Without the ceiling (--only single): one round, no ratio.
+    none, [alone] = bench.paired(None, [lambda: bench.Row("single", rps=5.0)], rounds=1)
+    assert none is None and alone.rps == 5.0 and math.isnan(alone.ratio)
 
 
 def test_the_single_event_latency_line_names_the_bare_server_s_tail_beside() -> None:
@@ -153,8 +178,190 @@ def test_refusals_are_explained_by_the_gateway_metrics(monkeypatch: pytest.Monke
         '# HELP producer_rejected_total x\nproducer_rejected_total{reason="full",service="application"} 5100.0\n'
         'producer_rejected_total{reason="breaker",service="application"} 0.0\n',
     ])
-    monkeypatch.setattr(bench.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(next(scrapes).encode()))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(next(scrapes).encode()))
     answer = {"rps": 10.0, "p50": 1.0, "p99": 2.0, "ok": 90.0, "other": 10.0, "status 503": 10.0, "failed": 0.0}
     monkeypatch.setattr(bench, "hey", lambda *args: answer)
     row = bench.drive("batch", "http://x/", Path("body"), 500, [], 1.0, metrics_url="http://x/metrics")
     assert row.note == "not 202: 10 x 503, events refused (application full: 5000)"
+
+
+# -- CPU per accepted event ------------------------------------------------------------------------
+
+Times = namedtuple("Times", "user system children_user children_system iowait")
+
+
+class FakeProcess:
+    """psutil.Process over a fixed tree: pid -> (cpu_times, children's pids); a pid in ``gone`` has
+    exited since its parent listed it."""
+
+    tree: dict[int, tuple[Times, list[int]]] = {}
+    gone: set[int] = set()
+
+    def __init__(self, pid: int) -> None:
+        if pid not in self.tree:
+            raise psutil.NoSuchProcess(pid)
+        self.pid = pid
+
+    def cpu_times(self) -> Times:
+        if self.pid in self.gone:
+            raise psutil.NoSuchProcess(self.pid)
+        return self.tree[self.pid][0]
+
+    def children(self, recursive: bool = False) -> list[FakeProcess]:
+        assert recursive, "--workers copies are grandchildren of nothing, but a tree is walked whole"
+        found = []
+        for pid in self.tree[self.pid][1]:
+            found.append(FakeProcess(pid))
+            found += FakeProcess(pid).children(recursive=True)
+        return found
+
+
+def test_a_process_tree_s_cpu_is_its_processes_and_the_children_they_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psutil, "Process", FakeProcess)
+    monkeypatch.setattr(FakeProcess, "tree", {
+        1: (Times(1.0, 0.5, 0.25, 0.25, 9.0), [2, 3]),  # the supervisor; iowait is not CPU
+        2: (Times(2.0, 1.0, 0.0, 0.0, 0.0), [4]),
+        3: (Times(3.0, 1.0, 0.0, 0.0, 0.0), []),
+        4: (Times(0.5, 0.5, 0.0, 0.0, 0.0), []),
+    })
+    assert bench.tree_cpu_seconds(1) == pytest.approx(2.0 + 3.0 + 4.0 + 1.0)
+    # A copy that exits before it is sampled is left out of that sample; a supervisor gone is no figure.
+    monkeypatch.setattr(FakeProcess, "gone", {3})
+    assert bench.tree_cpu_seconds(1) == pytest.approx(6.0)
+    assert math.isnan(bench.tree_cpu_seconds(99))
+
+
+def test_a_real_tree_counts_live_and_reaped_children() -> None:
+    burn = "import time\nwhile time.process_time() < 0.3: pass\n"
+    live = burn + "import sys\nprint('burnt', flush=True)\nsys.stdin.read()\n"
+    script = (
+        "import subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-c', {burn!r}])\n"  # reaped: in the parent's children_*
+        f"live = subprocess.Popen([sys.executable, '-c', {live!r}], stdin=subprocess.PIPE)\n"  # running
+        "sys.stdin.read()\nlive.stdin.close()\nlive.wait()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "burnt\n"
+        own = psutil.Process(parent.pid).cpu_times()
+        # Two children of 0.3 s each (psutil counts in clock ticks): more than the parent alone.
+        assert bench.tree_cpu_seconds(parent.pid) >= 0.55 > own.user + own.system
+    finally:
+        parent.communicate("", timeout=30)
+
+
+def test_cpu_per_event_is_the_delta_over_the_accepted_events() -> None:
+    assert bench.per_event_us(10.0, 10.5, 1000) == pytest.approx(500.0)
+    assert math.isnan(bench.per_event_us(10.0, 10.5, 0)), "no accepted events: blank"
+    assert math.isnan(bench.per_event_us(math.nan, 10.5, 1000)), "the server was gone"
+    assert math.isnan(bench.per_event_us(10.0, 10.5, math.nan))
+
+
+def test_drive_takes_the_server_s_cpu_over_the_measured_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([7.0, 7.9])  # before and after the measured run; the warm-up is not sampled
+    calls: list[str] = []
+
+    def fake_hey(url: str, body: str, seconds: float, *rest: Any) -> dict[str, float]:
+        calls.append(f"hey {seconds}")
+        return {"rps": 100.0, "p50": 1.0, "p99": 2.0, "ok": 900.0, "other": 100.0, "status 503": 100.0, "failed": 0.0}
+
+    def fake_cpu(pid: int) -> float:
+        calls.append(f"cpu {pid}")
+        return next(clock)
+
+    monkeypatch.setattr(bench, "hey", fake_hey)
+    monkeypatch.setattr(bench, "tree_cpu_seconds", fake_cpu)
+    monkeypatch.setattr(bench.RssSampler, "_sample", lambda self: None)
+    row = bench.drive("batch", "http://x/", Path("body"), 500, [], 1.0, bench.RssSampler(42), warm_up=0.5)
+    assert calls == ["hey 0.5", "cpu 42", "hey 1.0", "cpu 42"]
+    assert row.cpu_us == pytest.approx(0.9e6 / (900 * 500)), "per accepted event, not per request sent"
+    assert math.isnan(bench.drive("batch", "http://x/", Path("body"), 500, [], 1.0).cpu_us), "no server: blank"
+
+
+def test_the_table_puts_cpu_after_events_and_leaves_it_blank_without_events(capsys: pytest.CaptureFixture[str]) -> None:
+    now = bench.Row("gateway", 500, 100.0, 50_000.0, 20.0, 0.0, cpu_us=12.34, vs_cpu=0.9, vs_events=1.1)
+    then = bench.Row("  baseline abc1234", 500, 90.0, 45_000.0, 25.0, 0.0, cpu_us=13.7)
+    empty = bench.Row("bytes stored", note="8.4 MiB")
+    bench.print_table([now, then, empty], baseline_column=True)
+    header, _, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[3:8] == ["events/s", "CPU", "µs/ev", "vs", "baseline"]
+    assert lines[0].split()[3:7] == ["50,000", "12.3", "0.90", "/"] and lines[0].split()[7] == "1.10"
+    assert lines[1].split()[4:6] == ["45,000", "13.7"]
+    assert lines[2].split() == ["bytes", "stored", "1", "8.4", "MiB"]
+    bench.print_table([now])
+    assert "vs baseline" not in capsys.readouterr().out, "the column is there only with a baseline"
+
+
+def test_targets_name_the_cpu_per_event_beside() -> None:
+    figures = rows(bridge500=100_000)
+    figures["batch500"].cpu_us, figures["raw"].cpu_us = 12.0, 3.5
+    lines = bench.targets(figures)
+    assert lines[0].endswith("(300,000; CPU µs/ev: batch 12.0)")
+    assert "CPU µs/ev: batch 12.0, raw 3.5" in lines[1]
+    assert "CPU" not in lines[2], "no figure, nothing said"
+
+
+def test_baseline_ratios_are_this_code_over_the_baseline() -> None:
+    now = {"batch500": bench.Row("b", events=50_000, cpu_us=9.0), "raw": bench.Row("raw", events=1.0, cpu_us=1.0)}
+    then = {"batch500": bench.Row("b", events=40_000, cpu_us=12.0)}
+    bench.compare_with_baseline(now, then)
+    assert (now["batch500"].vs_cpu, now["batch500"].vs_events) == (0.75, 1.25)
+    assert math.isnan(now["raw"].vs_cpu), "no baseline row, no ratio"
+    lines = bench.baseline_lines(now, then, "abc1234")
+    assert lines[1] == "  batch500    CPU µs/ev 9.0 against 12.0 (0.75 x); events/s 50,000 against 40,000 (1.25 x)"
+
+
+# -- row selection ---------------------------------------------------------------------------------
+
+
+def test_only_selects_rows_in_the_table_s_order_with_what_they_need() -> None:
+    assert bench.select_rows(None) == bench.ROW_KEYS
+    assert bench.select_rows("batch500,single") == ("single", "batch500")
+    assert bench.select_rows("tx1_half") == ("tx1", "tx1_half"), "the open loop runs at half tx1's rate"
+    assert bench.select_rows(" bare_half ,") == ("single", "bare_half")
+    with pytest.raises(ValueError, match="unknown rows batch5000; the rows are raw, raw_plain"):
+        bench.select_rows("single,batch5000")
+    with pytest.raises(ValueError, match="none given"):
+        bench.select_rows(",")
+
+
+def test_every_row_is_measured_somewhere() -> None:
+    placed = {"raw", "raw_plain", "bare", "codec", *bench.GATEWAY_ORDER, *bench.WORKERS_ROWS, *bench.BRIDGE_NAMES}
+    assert placed == set(bench.ROW_KEYS)
+    assert set(bench.STEPS) | set(bench.OPEN_LOOPS) == bench.BASELINE_ROWS
+    assert all(bench.GATEWAY_ORDER.index(need) < bench.GATEWAY_ORDER.index(key) for key, need in bench.NEEDS.items())
+
+
+def test_targets_of_rows_not_run_are_left_out() -> None:
+    lines = bench.targets({"batch500": bench.Row("batch500", 500, events=300_000, rss_mb=90)}, ("single", "batch500"))
+    assert [line.split("  ")[1].split(" (")[0] for line in lines] == [
+        "log batch of 500 >= 250,000 events/s", "gateway peak RSS < 256 MB",
+    ]
+    assert bench.targets({"raw": bench.Row("raw", events=1.0)}, ("raw",)) == []
+
+
+# -- the baseline worktree ---------------------------------------------------------------------------
+
+
+def test_the_baseline_worktree_is_detached_and_removed_by_force(tmp_path: Path) -> None:
+    root = str(bench_support.ROOT)
+    assert bench.worktree_add_command(tmp_path / "tree", "0123abc") == [
+        "git", "-C", root, "worktree", "add", "--detach", "--quiet", str(tmp_path / "tree"), "0123abc",
+    ]
+    assert bench.worktree_remove_command(tmp_path / "tree") == [
+        "git", "-C", root, "worktree", "remove", "--force", str(tmp_path / "tree"),
+    ]
+
+
+def test_the_baseline_gateway_runs_from_its_worktree_with_this_venv(tmp_path: Path) -> None:
+    assert bench_support.app_command(["--workers", "2"]) == [sys.executable, "-m", "app", "--workers", "2"]
+    env = bench_support.app_env(tmp_path, {"PATH": "/bin", "PYTHONPATH": "/extra"})
+    assert env == {"PATH": "/bin", "PYTHONPATH": f"{tmp_path}:/extra"}
+    assert bench_support.app_env(tmp_path, {})["PYTHONPATH"] == str(tmp_path)
+
+
+def test_python_m_app_in_another_tree_imports_that_tree_s_app(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    assert bench.imports_from(tmp_path) == (tmp_path / "app" / "__init__.py").resolve()
+    assert bench.imports_from(bench_support.ROOT) == (bench_support.ROOT / "app" / "__init__.py").resolve()
