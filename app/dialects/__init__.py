@@ -3,5 +3,7 @@ and how its answer is put. See :mod:`app.dialects.base` for what every dialect i
 
 - :mod:`app.dialects.native`: the gateway's own JSON and NDJSON routes;
 - :mod:`app.dialects.otlp`: OTLP/HTTP logs and metrics (protobuf or JSON);
-- :mod:`app.dialects.httphandler`: Python's ``logging.handlers.HTTPHandler`` form.
+- :mod:`app.dialects.httphandler`: Python's ``logging.handlers.HTTPHandler`` form;
+- :mod:`app.dialects.remote_write`: Prometheus remote_write 1.0;
+- :mod:`app.dialects.collectd`: collectd's write_http JSON.
 """

@@ -9,6 +9,8 @@ submission, spans, metrics and the answer's common headers.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -58,6 +60,9 @@ class Decoded:
     own_headers: Sequence[Headers | None] | None = None
     state: Any = None
     acknowledge: bool = False
+    # Values of the body that are no event, by reason (Prometheus' staleness markers, collectd's NaN):
+    # counted by the pipeline (gateway_ingest_skipped_values_total) once the request is taken.
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -110,6 +115,21 @@ class JSONDialect:
 
     def refuse(self, refusal: Refusal, request: Request) -> Answer:
         return json_error(refusal)
+
+
+def bearer_or_basic(request: Request) -> str | None:
+    """The credentials as the API keys take them: ``Authorization: Bearer <key>`` as sent, or Basic
+    credentials whose password is the key (for agents that only do basic auth: Prometheus'
+    ``basic_auth``, collectd's ``User``/``Password``)."""
+    authorization = request.headers.get("authorization")
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return authorization
+    try:
+        _, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return f"Bearer {password}"
 
 
 def json_error(refusal: Refusal) -> Answer:
