@@ -3,6 +3,7 @@
 #   java (17+)  -> openjdk-17-jre-headless      mvn      -> maven
 #   PostgreSQL  -> postgresql (server 15)       promtool -> prometheus
 #   chromium    -> chromium (headless, for the status page's browser test)
+#   prometheus-node-exporter, collectd -> prometheus-node-exporter, collectd-core + libyajl2 (real agents)
 # Runs `apt-get update` once, and only when something has to be installed. As non-root it prints the
 # command to run instead and exits 1. Safe to run repeatedly.
 #
@@ -40,6 +41,12 @@ have promtool || missing+=(prometheus)
 have openssl || missing+=(openssl)  # the test broker's TLS certificates (KAFKA_SECURE=1)
 have curl || missing+=(curl)  # scripts/test-producers.sh
 have chromium || missing+=(chromium)  # tests/status: the status page in headless Chromium
+# tests/dialects: the real agents. Node exporter is what the Prometheus agent scrapes (run on a port of
+# the test's own; its service is kept from starting below); collectd-core only recommends the libyajl
+# its write_http plugin needs.
+have prometheus-node-exporter || missing+=(prometheus-node-exporter)
+have collectd || missing+=(collectd-core)
+ldconfig -p 2>/dev/null | grep 'libyajl\.so\.2 ' >/dev/null || missing+=(libyajl2)  # no -q: ldconfig must not die of SIGPIPE
 # --bench: also the HTTP load tools the benchmarks under scripts/ drive the gateway with.
 if [[ ${1:-} == --bench ]]; then
   have hey || missing+=(hey)
