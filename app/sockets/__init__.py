@@ -38,10 +38,11 @@ def build_socket_listeners(
     """The socket listeners the settings turn on, feeding ``stream`` (the application stream)."""
     listeners: list[SocketListener] = []
 
+    # A read's messages go in slices well inside the stream's bound, so that one always fits once it drains.
+    max_batch = max(1, min(settings.max_batch_events, settings.application.buffer_events // 4))
+
     def submitters(listener: str, dialect: str, dropped: Callable[[str, int], None]) -> Submitter:
-        return Submitter(
-            listener, dialect, stream, admission, metrics, tracer, max_batch=settings.max_batch_events, dropped=dropped
-        )
+        return Submitter(listener, dialect, stream, admission, metrics, tracer, max_batch=max_batch, dropped=dropped)
 
     if settings.syslog_port or (settings.syslog_tls_port and settings.syslog_tls_cert_file):
         config = SyslogConfig(

@@ -37,6 +37,7 @@ READ_SIZE: Final = 256 * 1024
 DRAIN_QUIET: Final = 0.2  # at shutdown, a connection quiet this long has nothing more to read
 BACKOFF_FIRST: Final = 0.05
 BACKOFF_MAX: Final = 1.0
+SPLIT_AFTER: Final = 3  # refusals as full before a slice is split: larger than the buffer, it would never fit
 CLOSE_TIMEOUT: Final = 1.0
 _ACCEPT_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _REQUEST: Final = Request("SOCKET", "", {})
@@ -250,14 +251,23 @@ class Submitter:
         size limit, or not encodable); without, a refused slice raises its Refusal.
         """
         taken: list[Accepted] = []
-        for start in range(0, len(batch), self._max_batch):
-            accepted = await self._submit(list(batch[start : start + self._max_batch]), acknowledge, wait)
-            if accepted is not None:
-                taken.append(accepted)
+        # A stack of slices: one the buffer keeps refusing as full is split in two (it may never fit).
+        slices = [list(batch[start : start + self._max_batch]) for start in range(0, len(batch), self._max_batch)]
+        slices.reverse()
+        while slices:
+            outcome = await self._submit(slices.pop(), acknowledge, wait)
+            if isinstance(outcome, tuple):
+                slices += [outcome[1], outcome[0]]
+            elif outcome is not None:
+                taken.append(outcome)
         return taken
 
-    async def _submit(self, batch: list[events.LogIn], acknowledge: bool, wait: bool) -> Accepted | None:
+    async def _submit(
+        self, batch: list[events.LogIn], acknowledge: bool, wait: bool
+    ) -> Accepted | tuple[list[events.LogIn], list[events.LogIn]] | None:
+        """The slice taken, None when nothing of it was left to take, or its halves to submit instead."""
         backoff = BACKOFF_FIRST
+        full = 0
         while batch:
             trace = request_context(None, None, None)
             span = self._tracer.start_request(self._dialect, self._dialect, self._listener, trace)
@@ -276,6 +286,11 @@ class Submitter:
                 if not wait or refusal.status not in (429, 503):
                     self._refused.inc(len(batch))
                     raise
+                if refusal.error == "buffer full":
+                    full += 1
+                    if full >= SPLIT_AFTER and len(batch) > 1:
+                        half = len(batch) // 2
+                        return batch[:half], batch[half:]
             except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
                 status = 400
                 batch = self._encodable(batch)

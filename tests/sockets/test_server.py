@@ -52,8 +52,9 @@ def full() -> Refusal:
     return Refusal(503, "buffer full", "full", headers={"Retry-After": "1"})
 
 
-async def test_a_full_buffer_is_waited_out_with_the_same_batch_and_a_bounded_backoff(autojump_clock: Any) -> None:
-    stream = RefusingStream([full() for _ in range(8)] + [Refusal(429, "rate limited")])
+async def test_a_refusing_stream_is_waited_out_with_the_same_batch_and_a_bounded_backoff(autojump_clock: Any) -> None:
+    unavailable = [Refusal(503, "kafka unavailable", "breaker open") for _ in range(6)]
+    stream = RefusingStream([full(), full(), *unavailable, Refusal(429, "rate limited")])
     dropped: list[tuple[str, int]] = []
     accepted = await submitter(stream, dropped).submit(logs(5))
     assert len(accepted) == 1 and len(accepted[0].event_ids) == 5
@@ -81,3 +82,24 @@ async def test_a_large_batch_goes_in_slices_of_the_batch_limit() -> None:
     stream = RefusingStream([])
     accepted = await submitter(stream, [], max_batch=4).submit(logs(10))
     assert [len(batch) for batch in stream.batches] == [4, 4, 2] and len(accepted) == 3
+
+
+class BoundedStream(RefusingStream):
+    """A buffer that holds at most ``room`` events: a larger batch is refused as full, always."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__([])
+        self.room = room
+
+    async def submit(self, decoded: Decoded, request: Request, trace: TraceContext, span: Span) -> Accepted:
+        self.batches.append([event.message for event in decoded.events])
+        if len(decoded.events) > self.room:
+            raise full()
+        return Accepted([event.message for event in decoded.events])
+
+
+async def test_a_slice_larger_than_the_buffer_is_split_until_it_fits(autojump_clock: Any) -> None:
+    stream = BoundedStream(room=3)
+    accepted = await submitter(stream, []).submit(logs(10))
+    assert [id for taken in accepted for id in taken.event_ids] == [f"m{i}" for i in range(10)]  # all, in order, once
+    assert all(len(batch) <= 3 for batch in stream.batches if batch in [a.event_ids for a in accepted])
