@@ -47,6 +47,35 @@ have chromium || missing+=(chromium)  # tests/status: the status page in headles
 have prometheus-node-exporter || missing+=(prometheus-node-exporter)
 have collectd || missing+=(collectd-core)
 ldconfig -p 2>/dev/null | grep 'libyajl\.so\.2 ' >/dev/null || missing+=(libyajl2)  # no -q: ldconfig must not die of SIGPIPE
+# tests/sockets: util-linux logger, rsyslog (its omfwd over TCP, and over TLS with rsyslog-gnutls) and syslog-ng as
+# syslog clients. Debian installs one system-log-daemon at a time, and rsyslog is it: syslog-ng-core is unpacked
+# under .local/syslog-ng (never installed, never started as a service) and the tests run it from there, with the
+# libraries it links installed here.
+have logger || missing+=(bsdutils)
+have rsyslogd || missing+=(rsyslog)
+dpkg -s rsyslog-gnutls >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
+for lib in libivykis0 libnet1 libjson-c5 libwrap0 libglib2.0-0 libpcre3; do
+  dpkg -s "$lib" >/dev/null 2>&1 || missing+=("$lib")
+done
+SYSLOG_NG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.local/syslog-ng"
+
+unpack_syslog_ng() {
+  [[ -x $SYSLOG_NG_DIR/usr/sbin/syslog-ng ]] && return 0
+  have syslog-ng && return 0
+  if [[ $EUID -ne 0 ]]; then
+    echo "warning: no syslog-ng; run this script as root to unpack it under $SYSLOG_NG_DIR" >&2
+    return 0
+  fi
+  local download
+  download="$(mktemp -d)"
+  chmod 755 "$download"  # apt downloads as _apt where it can
+  (cd "$download" && { apt-get download syslog-ng-core 2>/dev/null || { apt-get update && apt-get download syslog-ng-core; }; })
+  mkdir -p "$SYSLOG_NG_DIR"
+  dpkg-deb -x "$download"/syslog-ng-core_*.deb "$SYSLOG_NG_DIR"
+  rm -rf "$download"
+  echo "syslog-ng unpacked under $SYSLOG_NG_DIR" >&2
+}
+
 # --bench: also the HTTP load tools the benchmarks under scripts/ drive the gateway with.
 if [[ ${1:-} == --bench ]]; then
   have hey || missing+=(hey)
@@ -77,6 +106,7 @@ stop_debian_clusters_on_our_port() {
 if (( ${#missing[@]} == 0 )); then
   echo "system dependencies present (java, mvn, postgresql 15, promtool, chromium)" >&2
   stop_debian_clusters_on_our_port
+  unpack_syslog_ng
   exit 0
 fi
 
@@ -100,4 +130,7 @@ apt-get update
 apt-get install -y --no-install-recommends "${missing[@]}"
 
 stop_debian_clusters_on_our_port
+# rsyslog's package enables its service; the policy above kept it from starting, and it stays off.
+if [[ " ${missing[*]} " == *" rsyslog "* ]] && have systemctl; then systemctl disable rsyslog >/dev/null 2>&1 || true; fi
+unpack_syslog_ng
 echo "system dependencies installed" >&2
