@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from app.core import Refusal
-from app.http import openapi
+from app.http import actuator, openapi
 from app.http.errors import error_response, json_response
 from app.http.routes import Route
 from app.observability.metrics import Metrics
@@ -137,4 +137,6 @@ def create_listener_app(
         body = generate_latest(metrics.registry)
         return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
+    # /actuator/health, /actuator/metrics[/{name}], /actuator/prometheus: the reference design's runbooks.
+    actuator.register(app, name, metrics, ready_checks)
     return app
