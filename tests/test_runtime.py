@@ -32,6 +32,8 @@ def no_kafka_env(**extra: str) -> dict[str, str]:
         "READY_TIMEOUT": "0.5",
         "FLUSH_TIMEOUT": "1",
         "GRACEFUL_TIMEOUT": "1",
+        "SYSLOG_PORT": "0",
+        "FORWARD_PORT": "0",
         **unique_topics_env(),
         **extra,
     }
