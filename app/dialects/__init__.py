@@ -5,5 +5,7 @@ and how its answer is put. See :mod:`app.dialects.base` for what every dialect i
 - :mod:`app.dialects.otlp`: OTLP/HTTP logs and metrics (protobuf or JSON);
 - :mod:`app.dialects.httphandler`: Python's ``logging.handlers.HTTPHandler`` form;
 - :mod:`app.dialects.remote_write`: Prometheus remote_write 1.0;
-- :mod:`app.dialects.collectd`: collectd's write_http JSON.
+- :mod:`app.dialects.collectd`: collectd's write_http JSON;
+- :mod:`app.dialects.hec`: Splunk's HTTP Event Collector (events, raw, acks, health);
+- :mod:`app.dialects.loki`: Loki's push API (JSON, or snappy-compressed protobuf).
 """

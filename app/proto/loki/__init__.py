@@ -1,0 +1,1 @@
+"""Generated from ops/proto/loki/ by scripts/generate-protos.sh."""
