@@ -118,6 +118,21 @@ def openapi_paths() -> dict[str, Any]:
                 "type": "object",
                 "properties": {"cpuSeconds": number_or_null, "rss": number_or_null, "startTime": number_or_null},
             },
+            "consumers": {
+                "type": "array",
+                "description": "consumer groups reading the gateway's topics: records behind and the oldest one's wait",
+                "items": {
+                    "type": "object",
+                    "required": ["group", "topic", "lag", "oldestAge", "partitions"],
+                    "properties": {
+                        "group": {"type": "string"},
+                        "topic": {"type": "string"},
+                        "lag": {"type": "number"},
+                        "oldestAge": number_or_null,
+                        "partitions": {"type": "integer"},
+                    },
+                },
+            },
         },
     }
     return {

@@ -34,6 +34,8 @@ SPOOL_SERIES = {
     "spool_dropped_events_total": "dropped",
     "spool_write_errors_total": "writeErrors",
 }
+# The consumer lag of the groups reading the gateway's topics (LAG_INTERVAL), by group, topic and partition.
+CONSUMER_SERIES = ("kafka_consumergroup_lag", "kafka_consumergroup_lag_seconds")
 # Counters labelled by service, summed over their other labels (topic, error, reason).
 SERVICE_COUNTERS = {
     "kafka_producer_success_total": "acked",
@@ -97,6 +99,8 @@ def snapshot(registry: CollectorRegistry, routes: Mapping[str, str] | None = Non
     http = {name: Histogram() for name in SERVICES}
     commit = Histogram()
     outbox: dict[str, Any] = {"pending": None, "oldestAge": None, "published": 0.0, "failures": 0.0, "relay": None}
+    # Per consumer group and topic: records behind (summed over partitions) and the oldest one's wait.
+    consumers: dict[tuple[str, str], dict[str, Any]] = {}
     process: dict[str, Any] = {"cpuSeconds": None, "rss": None, "startTime": None}
 
     for family in registry.collect():
@@ -138,6 +142,16 @@ def snapshot(registry: CollectorRegistry, routes: Mapping[str, str] | None = Non
                 outbox["failures"] = value
             elif name == "outbox_relay_state" and value == 1.0:
                 outbox["relay"] = labels["state"]
+            elif name in CONSUMER_SERIES:
+                key = (labels["group"], labels["topic"])
+                consumer = consumers.setdefault(
+                    key, {"group": key[0], "topic": key[1], "lag": 0.0, "oldestAge": None, "partitions": 0}
+                )
+                if name == "kafka_consumergroup_lag":
+                    consumer["lag"] += value
+                    consumer["partitions"] += 1
+                else:
+                    consumer["oldestAge"] = max(consumer["oldestAge"] or 0.0, value)
             elif name == "process_cpu_seconds_total":
                 process["cpuSeconds"] = value
             elif name == "process_resident_memory_bytes":
@@ -154,7 +168,10 @@ def snapshot(registry: CollectorRegistry, routes: Mapping[str, str] | None = Non
         services[name]["send"] = send[name].to_json()
         services[name]["http"] = http[name].to_json()
     outbox["commit"] = commit.to_json()
-    return {"time": time.time(), "pid": os.getpid(), "services": services, "outbox": outbox, "process": process}
+    return {
+        "time": time.time(), "pid": os.getpid(), "services": services, "outbox": outbox, "process": process,
+        "consumers": [consumers[key] for key in sorted(consumers)],
+    }
 
 
 def _histogram_sample(histogram: Histogram, name: str, labels: dict[str, str], value: float) -> None:

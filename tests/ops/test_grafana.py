@@ -48,6 +48,8 @@ REQUIRED_METRICS = {
     "kafka_client_queue_messages",
     "kafka_client_retries_total",
     "gateway_ready",
+    "kafka_consumergroup_lag",
+    "kafka_consumergroup_lag_seconds",
 }
 LABEL_VALUES = re.compile(r"^label_values\((?P<metric>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?, *\w+\)$")
 

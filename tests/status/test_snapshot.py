@@ -80,3 +80,25 @@ def test_every_dialect_counts_for_its_stream_by_the_route_table_and_a_spool_is_s
     assert application["spool"]["events"] == 120 and application["spool"]["bytes"] == 4096
     assert application["spool"]["quarantined"] == 1
     assert infrastructure["spool"] is None  # a memory-mode stream has none
+
+
+def test_consumer_lag_sums_partitions_per_group_and_topic_and_keeps_the_longest_wait() -> None:
+    from app.kafka.lag import LagReading, PartitionLag
+
+    metrics = Metrics()
+    assert snapshot(metrics.registry)["consumers"] == []
+    metrics.consumer_lag.update(
+        LagReading(
+            [
+                PartitionLag("log-processors", "application-logs", 0, committed=4, end=10, oldest_timestamp=1.0),
+                PartitionLag("log-processors", "application-logs", 1, committed=2, end=5, oldest_timestamp=2.0),
+                PartitionLag("audit", "transaction-logs", 0, committed=3, end=3),
+            ],
+            groups_asked=2, groups_known=2, failures=0,
+        )
+    )
+    consumers = snapshot(metrics.registry)["consumers"]
+    assert [(c["group"], c["topic"], c["lag"], c["partitions"]) for c in consumers] == [
+        ("audit", "transaction-logs", 0, 1), ("log-processors", "application-logs", 9, 2),
+    ]
+    assert consumers[0]["oldestAge"] == 0 and consumers[1]["oldestAge"] > 1_000_000  # waited since 1970

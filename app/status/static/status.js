@@ -247,6 +247,45 @@
     if (outbox.oldestAge > 60) problems.warn.push("outbox lagging");
   }
 
+  // A group whose oldest unconsumed record has waited this long degrades the page.
+  const CONSUMER_WAIT_WARN_S = 60;
+
+  function renderConsumers(latest, slow, problems) {
+    const card = document.getElementById("consumers");
+    const consumers = latest.consumers || [];
+    const rows = field(card, "consumer-rows");
+    rows.replaceChildren();
+    for (const consumer of consumers) {
+      const row = document.createElement("tr");
+      row.dataset.group = consumer.group;
+      row.dataset.topic = consumer.topic;
+      const before = slow && (slow.consumers || []).find((c) => c.group === consumer.group && c.topic === consumer.topic);
+      const change = before ? consumer.lag - before.lag : null;
+      const waited = consumer.oldestAge;
+      let trend = DASH;
+      if (change !== null) trend = change > 0 ? `\u2191 ${formatCount(change)}` : change < 0 ? `\u2193 ${formatCount(-change)}` : "=";
+      const cells = [
+        ["group", consumer.group, ""],
+        ["topic", consumer.topic, ""],
+        ["lag", formatCount(consumer.lag), consumer.lag > 0 ? "warn" : ""],
+        ["oldest", waited === null ? DASH : formatAge(waited), waited > CONSUMER_WAIT_WARN_S ? "bad" : ""],
+        ["trend", trend, change > 0 ? "warn" : ""],
+      ];
+      for (const [name, text, tone] of cells) {
+        const cell = document.createElement("td");
+        cell.dataset.field = `consumer-${name}`;
+        cell.textContent = text;
+        if (tone) cell.classList.add(tone);
+        row.appendChild(cell);
+      }
+      rows.appendChild(row);
+      if (waited > CONSUMER_WAIT_WARN_S) problems.warn.push(`${consumer.group} behind on ${consumer.topic}`);
+    }
+    field(card, "consumer-empty").hidden = consumers.length > 0;
+    const groups = new Set(consumers.map((c) => c.group)).size;
+    setBadge(field(card, "consumer-count"), `${groups} group${groups === 1 ? "" : "s"}`, groups ? "good" : "unknown");
+  }
+
   function renderProcess(latest, recent) {
     const card = document.getElementById("process");
     const cpu = rate(recent, latest, (snap) => snap.process.cpuSeconds);
@@ -263,6 +302,7 @@
     const problems = { bad: [], warn: [] };
     for (const name of SERVICES) renderService(name, latest, recent, slow, problems);
     renderOutbox(latest, recent, problems);
+    renderConsumers(latest, slow, problems);
     renderProcess(latest, recent);
 
     const overall = document.getElementById("overall");
