@@ -41,6 +41,7 @@ have promtool || missing+=(prometheus)
 have openssl || missing+=(openssl)  # the test broker's TLS certificates (KAFKA_SECURE=1)
 have curl || missing+=(curl)  # scripts/test-producers.sh
 have chromium || missing+=(chromium)  # tests/status: the status page in headless Chromium
+have kcat || missing+=(kcat)  # scripts/kafka-tool kcat, beside Kafka's own tools (tests/ops/test_kafka_tool.py)
 # tests/dialects: the real agents. Node exporter is what the Prometheus agent scrapes (run on a port of
 # the test's own; its service is kept from starting below); collectd-core only recommends the libyajl
 # its write_http plugin needs.
