@@ -25,32 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0floki/push.proto\x12\x08logproto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bPushRequest\x12(\n\x07streams\x18\x01 \x03(\x0b\x32\x17.logproto.StreamAdapter\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"\x0e\n\x0cPushResponse\"V\n\rStreamAdapter\x12\x0e\n\x06labels\x18\x01 \x01(\t\x12\'\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x16.logproto.EntryAdapter\x12\x0c\n\x04hash\x18\x03 \x01(\x04\"/\n\x10LabelPairAdapter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xaf\x01\n\x0c\x45ntryAdapter\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x36\n\x12structuredMetadata\x18\x03 \x03(\x0b\x32\x1a.logproto.LabelPairAdapter\x12*\n\x06parsed\x18\x04 \x03(\x0b\x32\x1a.logproto.LabelPairAdapter\"U\n\x13InternalPushRequest\x12.\n\x07streams\x18\x01 \x03(\x0b\x32\x1d.logproto.NestedStreamAdapter\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"a\n\x13NestedStreamAdapter\x12\x0e\n\x06labels\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\x04\x12,\n\x0cresourceLogs\x18\x03 \x03(\x0b\x32\x16.logproto.ResourceLogs\"a\n\x0cResourceLogs\x12)\n\x05\x61ttrs\x18\x01 \x03(\x0b\x32\x1a.logproto.LabelPairAdapter\x12&\n\tscopeLogs\x18\x02 \x03(\x0b\x32\x13.logproto.ScopeLogs\"_\n\tScopeLogs\x12)\n\x05\x61ttrs\x18\x01 \x03(\x0b\x32\x1a.logproto.LabelPairAdapter\x12\'\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x16.logproto.EntryAdapter2A\n\x06Pusher\x12\x37\n\x04Push\x12\x15.logproto.PushRequest\x1a\x16.logproto.PushResponse\"\x00\x42\"Z github.com/grafana/loki/pkg/pushb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0floki/push.proto\x12\x08logproto\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x0bPushRequest\x12(\n\x07streams\x18\x01 \x03(\x0b\x32\x17.logproto.StreamAdapter\"H\n\rStreamAdapter\x12\x0e\n\x06labels\x18\x01 \x01(\t\x12\'\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x16.logproto.EntryAdapter\"\x83\x01\n\x0c\x45ntryAdapter\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x36\n\x12structuredMetadata\x18\x03 \x03(\x0b\x32\x1a.logproto.LabelPairAdapter\"/\n\x10LabelPairAdapter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loki.push_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'Z github.com/grafana/loki/pkg/push'
+  DESCRIPTOR._loaded_options = None
   _globals['_PUSHREQUEST']._serialized_start=62
-  _globals['_PUSHREQUEST']._serialized_end=133
-  _globals['_PUSHRESPONSE']._serialized_start=135
-  _globals['_PUSHRESPONSE']._serialized_end=149
-  _globals['_STREAMADAPTER']._serialized_start=151
-  _globals['_STREAMADAPTER']._serialized_end=237
-  _globals['_LABELPAIRADAPTER']._serialized_start=239
-  _globals['_LABELPAIRADAPTER']._serialized_end=286
-  _globals['_ENTRYADAPTER']._serialized_start=289
-  _globals['_ENTRYADAPTER']._serialized_end=464
-  _globals['_INTERNALPUSHREQUEST']._serialized_start=466
-  _globals['_INTERNALPUSHREQUEST']._serialized_end=551
-  _globals['_NESTEDSTREAMADAPTER']._serialized_start=553
-  _globals['_NESTEDSTREAMADAPTER']._serialized_end=650
-  _globals['_RESOURCELOGS']._serialized_start=652
-  _globals['_RESOURCELOGS']._serialized_end=749
-  _globals['_SCOPELOGS']._serialized_start=751
-  _globals['_SCOPELOGS']._serialized_end=846
-  _globals['_PUSHER']._serialized_start=848
-  _globals['_PUSHER']._serialized_end=913
+  _globals['_PUSHREQUEST']._serialized_end=117
+  _globals['_STREAMADAPTER']._serialized_start=119
+  _globals['_STREAMADAPTER']._serialized_end=191
+  _globals['_ENTRYADAPTER']._serialized_start=194
+  _globals['_ENTRYADAPTER']._serialized_end=325
+  _globals['_LABELPAIRADAPTER']._serialized_start=327
+  _globals['_LABELPAIRADAPTER']._serialized_end=374
 # @@protoc_insertion_point(module_scope)
