@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
 
-.PHONY: run test deps venv layers infra-up infra-up-3 infra-down infra-status typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
+.PHONY: run test deps venv layers infra-up infra-up-3 infra-down infra-status kafka-tool drill typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -56,6 +56,14 @@ infra-down:
 
 infra-status:
 	@$(INFRA) status
+
+## kafka-tool: Kafka's own tools and kcat against the configured cluster, e.g. make kafka-tool ARGS='kafka-topics --list'
+kafka-tool:
+	@scripts/kafka-tool $(ARGS)
+
+## drill: the reference design's failure scenarios (broker down, partition, crash, overload) on a stack of their own
+drill: deps venv
+	$(PY) scripts/drill.py $(ARGS)
 
 ## bench-overload: p99 of accepted requests at half and at twice the rate limit, as a table
 bench-overload: venv

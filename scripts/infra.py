@@ -23,7 +23,8 @@ A 3-node broker without a controller majority gives up and exits after 60 s.
 
 The Kafka command-line tools are on the same classpath, e.g.
 ``java -cp "$INFRA_DIR/kafka/lib/*" org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list``
-(also ``org.apache.kafka.tools.ConsoleProducer``, ``org.apache.kafka.tools.consumer.ConsoleConsumer``).
+(also ``org.apache.kafka.tools.ConsoleProducer``, ``org.apache.kafka.tools.consumer.ConsoleConsumer``);
+``scripts/kafka-tool`` runs them with the gateway's bootstrap servers and security settings.
 
 ``up`` prints only ``KEY=value`` lines on stdout (everything else goes to stderr)::
 
