@@ -41,6 +41,9 @@ have promtool || missing+=(prometheus)
 have openssl || missing+=(openssl)  # the test broker's TLS certificates (KAFKA_SECURE=1)
 have curl || missing+=(curl)  # scripts/test-producers.sh
 have chromium || missing+=(chromium)  # tests/status: the status page in headless Chromium
+# tests/shippers/test_elasticsearch.py: rsyslog's omelasticsearch, run by the test with a configuration of its own.
+have rsyslogd || missing+=(rsyslog)
+compgen -G '/usr/lib/*/rsyslog/omelasticsearch.so' >/dev/null || missing+=(rsyslog-elasticsearch)
 have kcat || missing+=(kcat)  # scripts/kafka-tool kcat, beside Kafka's own tools (tests/ops/test_kafka_tool.py)
 # tests/dialects: the real agents. Node exporter is what the Prometheus agent scrapes (run on a port of
 # the test's own; its service is kept from starting below); collectd-core only recommends the libyajl

@@ -7,5 +7,7 @@ and how its answer is put. See :mod:`app.dialects.base` for what every dialect i
 - :mod:`app.dialects.remote_write`: Prometheus remote_write 1.0;
 - :mod:`app.dialects.collectd`: collectd's write_http JSON;
 - :mod:`app.dialects.hec`: Splunk's HTTP Event Collector (events, raw, acks, health);
-- :mod:`app.dialects.loki`: Loki's push API (JSON, or snappy-compressed protobuf).
+- :mod:`app.dialects.loki`: Loki's push API (JSON, or snappy-compressed protobuf);
+- :mod:`app.dialects.es_bulk`: Elasticsearch's ``_bulk`` API, and :mod:`app.dialects.es_handshake`
+  for what its clients ask first (the version document, health, templates).
 """

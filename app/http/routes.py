@@ -12,13 +12,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from app.config import Settings
 from app.dialects.base import Answer, Dialect, Request
 from app.streams import Stream
 
 _PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 T = TypeVar("T")
+
+
+@runtime_checkable
+class Configured(Protocol):
+    """A dialect whose answers depend on the settings (the Elasticsearch version the handshake
+    reports): the runtime serves ``dialect.configured(settings)`` in its place."""
+
+    def configured(self, settings: Settings) -> Dialect: ...
 
 
 class View(Protocol):
@@ -33,7 +42,10 @@ class View(Protocol):
 class Route:
     """One route: ``path`` is an OpenAPI path template (``/api/v1/transactions/{eventId}``).
 
-    An ingest route names its ``dialect``; a read-only route its ``view``.
+    An ingest route names its ``dialect``; a read-only route its ``view``. ``gateway`` False keeps
+    a route on its shipper's listener alone, off the gateway's table: the gateway keeps its own
+    view at that path (the status page at ``/``, where the application listener answers
+    Elasticsearch clients' ``GET /``).
     """
 
     method: str
@@ -41,6 +53,7 @@ class Route:
     stream: str  # the shipper whose stream serves it: application, infrastructure, transaction
     dialect: Dialect | None = None
     view: View | None = None
+    gateway: bool = True
 
     def operation(self) -> dict[str, Any]:
         handler = self.dialect or self.view
