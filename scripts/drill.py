@@ -54,6 +54,7 @@ DEFAULT_KAFKA_PORT_BASE = "19392"
 DEFAULT_PG_PORT = "19433"
 DRILL_SECONDS = 120  # the longest one drill may take
 DRILLS = ("broker-down", "partition", "crash", "overload")
+READY_LISTENERS = ("application", "transaction")
 
 
 @dataclasses.dataclass
@@ -173,7 +174,7 @@ class Gateway:
             with trio.fail_after(60):
                 while True:
                     try:
-                        answers = [await client.get(f"{self.url(name)}/ready") for name in ("application", "transaction")]
+                        answers = [await client.get(f"{self.url(name)}/ready") for name in READY_LISTENERS]
                         if all(answer.status_code == 200 for answer in answers):
                             return
                     except httpx.TransportError:
@@ -230,7 +231,9 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, every:
     return None
 
 
-def read_event_ids(bootstrap: str, topic: str, expected: set[str], timeout: float, settle: float = 1.0) -> collections.Counter[str]:
+def read_event_ids(
+    bootstrap: str, topic: str, expected: set[str], timeout: float, settle: float = 1.0
+) -> collections.Counter[str]:
     """How many times each event id is in ``topic`` (read_committed, from the beginning), once ``expected``
     are all there (or the timeout passed), and ``settle`` seconds more for duplicates to show."""
     consumer = confluent_kafka.Consumer(
@@ -288,7 +291,8 @@ class LogStream:
         while not self._stop.is_set():
             n += 1
             try:
-                answer = await client.post("/api/v1/logs", json={"source": f"drill-{worker}", "level": "INFO", "message": f"{n}"})
+                log = {"source": f"drill-{worker}", "level": "INFO", "message": f"{n}"}
+                answer = await client.post("/api/v1/logs", json=log)
             except httpx.TransportError:
                 self.unanswered += 1
                 await trio.sleep(0.05)
@@ -336,7 +340,8 @@ async def broker_down(stack: Stack, schema: str) -> Drill:
             drill.check(
                 "the breaker opens: producer.circuit.breaker 1 (open) or 2 (half-open)",
                 f"{await breaker(client, application)}, {time.monotonic() - stopping:.1f} s after the stop began"
-                f" (the broker took {stopped - stopping:.1f} s to stop)" if opened is not None else "still closed after 30 s",
+                f" (the broker took {stopped - stopping:.1f} s to stop)"
+                if opened is not None else "still closed after 30 s",
                 opened is not None,
             )
             refused_before = stream.statuses[503]
@@ -443,7 +448,8 @@ async def partition(stack: Stack, schema: str) -> Drill:
             return (await metric(client, application, "producer.buffer.events")).get("VALUE", 1.0) == 0.0
 
         took = await until(drained, timeout=90)
-        after = await client.post(f"{application}/api/v1/logs", json={"source": "drill", "level": "INFO", "message": "after"})
+        log = {"source": "drill", "level": "INFO", "message": "after"}
+        after = await client.post(f"{application}/api/v1/logs", json=log)
         if after.status_code == 202:
             accepted.append(after.json()["eventId"])
         drill.check(
@@ -488,7 +494,8 @@ class TransactionStream:
         while not self._stop.is_set():
             n += 1
             key = f"drill-{worker}-{n}-{uuid.uuid4().hex[:6]}"
-            body = {"userId": f"user-{worker}", "type": "PAYMENT", "amount": f"{n}.{random.randint(0, 99):02d}", "currency": "EUR"}
+            amount = f"{n}.{random.randint(0, 99):02d}"
+            body = {"userId": f"user-{worker}", "type": "PAYMENT", "amount": amount, "currency": "EUR"}
             with trio.move_on_after(60):
                 while True:
                     try:
@@ -530,17 +537,21 @@ async def crash(stack: Stack, schema: str) -> Drill:
         async with httpx.AsyncClient(timeout=5) as client:
 
             async def published() -> bool:
-                return (await metric(client, gateway.url("transaction"), "outbox.pending.events")).get("VALUE", 1.0) == 0
+                pending = await metric(client, gateway.url("transaction"), "outbox.pending.events")
+                return pending.get("VALUE", 1.0) == 0
 
             drained = await until(published, timeout=60)
             drill.check(
                 "after the restart the outbox relay publishes what was committed and not yet published",
-                f"outbox.pending.events 0 {drained:.1f} s after the restart" if drained is not None else "still pending",
+                f"outbox.pending.events 0 {drained:.1f} s after the restart"
+                if drained is not None else "still pending",
                 drained is not None,
             )
         event_ids = set(transactions.accepted.values())
         found = await trio.to_thread.run_sync(
-            lambda: read_event_ids(stack.bootstrap_servers, gateway.topics["transaction"], event_ids, timeout=60, settle=2.0)
+            lambda: read_event_ids(
+                stack.bootstrap_servers, gateway.topics["transaction"], event_ids, timeout=60, settle=2.0
+            )
         )
         twice = {event_id for event_id, count in found.items() if count > 1}
         drill.check(
@@ -557,7 +568,8 @@ async def crash(stack: Stack, schema: str) -> Drill:
         lost = accepted_logs - set(found_logs)
         buffer_bound = 100_000
         drill.check(
-            "logs: only those still in the killed process's buffer are lost; those accepted after the restart are all there",
+            "logs: only those still in the killed process's buffer are lost;"
+            " those accepted after the restart are all there",
             f"{len(lost)} of {killed_at} accepted before the kill lost; {len(after_restart & set(found_logs))} of"
             f" {len(after_restart)} accepted after the restart in Kafka",
             len(lost) <= buffer_bound and after_restart <= set(found_logs) and not (lost & after_restart),
@@ -655,7 +667,9 @@ async def run(names: list[str], stack: Stack) -> list[Drill]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(DRILLS), help=f"comma-separated drills (default all: {', '.join(DRILLS)})")
+    parser.add_argument(
+        "--only", default=",".join(DRILLS), help=f"comma-separated drills (default all: {', '.join(DRILLS)})"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the drill's Kafka and PostgreSQL running")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.only.split(",") if name.strip()]

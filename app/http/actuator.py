@@ -194,12 +194,15 @@ def openapi_paths() -> dict[str, Any]:
                 )}},
             }
         },
-        "/actuator/health": {"get": {"summary": "health: the readiness checks as components", "responses": health_responses}},
+        "/actuator/health": {
+            "get": {"summary": "health: the readiness checks as components", "responses": health_responses}
+        },
         "/actuator/health/{path}": {
             "get": {
                 "summary": "one health component, or the liveness and readiness groups",
                 "parameters": [
-                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}, "example": "liveness"}
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+                     "example": "liveness"}
                 ],
                 "responses": {
                     "200": {"description": "UP", "content": content(component_schema)},
@@ -226,13 +229,17 @@ def openapi_paths() -> dict[str, Any]:
                     {"name": "tag", "in": "query", "required": False, "style": "form", "explode": True,
                      "schema": {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.*$"}}},
                 ],
-                "responses": {"200": {"description": "the metric", "content": content(metric)}, "400": error, "404": error},
+                "responses": {
+                    "200": {"description": "the metric", "content": content(metric)}, "400": error, "404": error,
+                },
             }
         },
         "/actuator/prometheus": {
             "get": {
                 "summary": "Prometheus metrics (the same as /metrics)",
-                "responses": {"200": {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                "responses": {
+                    "200": {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                },
             }
         },
     }

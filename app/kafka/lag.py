@@ -13,6 +13,7 @@ is read once per committed offset (a group that does not move costs nothing more
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import threading
 import time
@@ -114,7 +115,7 @@ class LagReader:
             lagging = {(p.topic, p.partition, p.committed) for p in positions if p.lag > 0}
             timestamps = self._read_timestamps(lagging, deadline)
             positions = [
-                PartitionLag(p.group, p.topic, p.partition, p.committed, p.end, timestamps.get((p.topic, p.partition, p.committed)))
+                dataclasses.replace(p, oldest_timestamp=timestamps.get((p.topic, p.partition, p.committed)))
                 if p.lag > 0 else p
                 for p in positions
             ]
@@ -200,8 +201,11 @@ class LagReader:
                     committed[group, tp.topic, tp.partition] = tp.offset
         return committed, failures
 
-    def _end_offsets(self, admin: AdminClient, partitions: Iterable[tuple[str, int]], deadline: float) -> dict[tuple[str, int], int]:
-        wanted = {TopicPartition(topic, partition): OffsetSpec.latest() for topic, partition in partitions}  # type: ignore[no-untyped-call]
+    def _end_offsets(
+        self, admin: AdminClient, partitions: Iterable[tuple[str, int]], deadline: float
+    ) -> dict[tuple[str, int], int]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        wanted = {TopicPartition(topic, partition): latest for topic, partition in partitions}
         if not wanted:
             return {}
         try:
@@ -242,7 +246,9 @@ class LagReader:
                 raise KafkaConfigError(f"lag consumer: {error}") from None
         return self._consumer
 
-    def _read_timestamps(self, wanted: set[tuple[str, int, int]], deadline: float) -> dict[tuple[str, int, int], float | None]:
+    def _read_timestamps(
+        self, wanted: set[tuple[str, int, int]], deadline: float
+    ) -> dict[tuple[str, int, int], float | None]:
         """The timestamp of the record at each (topic, partition, offset): from the last round when it was
         read already, else read now, one offset per partition at a time, within the deadline."""
         found = {key: self._timestamps[key] for key in wanted if key in self._timestamps}
@@ -259,7 +265,9 @@ class LagReader:
         self._timestamps = dict(found)  # only what this round needs: the cache stays as small as the groups
         return found
 
-    def _read_batch(self, batch: dict[tuple[str, int], int], deadline: float) -> dict[tuple[str, int, int], float | None]:
+    def _read_batch(
+        self, batch: dict[tuple[str, int], int], deadline: float
+    ) -> dict[tuple[str, int, int], float | None]:
         consumer = self._consumer_client()
         consumer.assign([TopicPartition(topic, partition, offset) for (topic, partition), offset in batch.items()])
         read: dict[tuple[str, int, int], float | None] = {}

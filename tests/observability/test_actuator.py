@@ -66,9 +66,8 @@ def test_a_shippers_scope_applies_unless_the_request_names_the_tag() -> None:
     metrics.throttled.labels("infrastructure").inc(5)
     scope = {"service": "application"}
     assert statistics(actuator.metric(metrics.registry, "producer.throttled", {}, scope)) == {"COUNT": 3.0}
-    assert statistics(actuator.metric(metrics.registry, "producer.throttled", {"service": "infrastructure"}, scope)) == {
-        "COUNT": 5.0
-    }
+    other = actuator.metric(metrics.registry, "producer.throttled", {"service": "infrastructure"}, scope)
+    assert statistics(other) == {"COUNT": 5.0}
     # A family without the tag is not narrowed by it.
     metrics.outbox_published.inc(4)
     assert statistics(actuator.metric(metrics.registry, "outbox.published", {}, scope)) == {"COUNT": 4.0}

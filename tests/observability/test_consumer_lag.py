@@ -112,7 +112,9 @@ def processor(infra: Infra, gateway: Runtime) -> Iterator[Processor]:
 
 
 async def post_logs(client: httpx.AsyncClient, count: int, tag: str) -> None:
-    logs: list[dict[str, Any]] = [{"source": f"s{i % 5}", "level": "INFO", "message": f"{tag} {i}"} for i in range(count)]
+    logs: list[dict[str, Any]] = [
+        {"source": f"s{i % 5}", "level": "INFO", "message": f"{tag} {i}"} for i in range(count)
+    ]
     response = await client.post("/api/v1/logs/batch", json={"logs": logs})
     assert response.status_code == 202, response.text
 
@@ -126,7 +128,7 @@ async def test_a_paused_group_shows_its_lag_rise_and_fall_in_metrics(gateway: Ru
             with trio.fail_after(timeout):
                 while True:
                     text = (await client.get("/metrics")).text
-                    lag = {key: value for key, value in samples(text, "kafka_consumergroup_lag").items() if key[0] == GROUP}
+                    lag = {k: v for k, v in samples(text, "kafka_consumergroup_lag").items() if k[0] == GROUP}
                     ages = {k: v for k, v in samples(text, "kafka_consumergroup_lag_seconds").items() if k[0] == GROUP}
                     if lag and {key[1] for key in lag} == {topic} and sum(lag.values()) == expected_lag:
                         if aged == any(age > 0 for age in ages.values()):
@@ -144,7 +146,9 @@ async def test_a_paused_group_shows_its_lag_rise_and_fall_in_metrics(gateway: Ru
         assert 0 < max(ages.values()) < 60
 
         # The reference design's name for it, on the actuator too.
-        actuator = (await client.get("/actuator/metrics/kafka.consumergroup.lag", params={"tag": f"group:{GROUP}"})).json()
+        actuator = (
+            await client.get("/actuator/metrics/kafka.consumergroup.lag", params={"tag": f"group:{GROUP}"})
+        ).json()
         assert actuator["measurements"] == [{"statistic": "VALUE", "value": 30.0}]
 
         await trio.to_thread.run_sync(processor.resume)

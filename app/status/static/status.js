@@ -259,11 +259,14 @@
       const row = document.createElement("tr");
       row.dataset.group = consumer.group;
       row.dataset.topic = consumer.topic;
-      const before = slow && (slow.consumers || []).find((c) => c.group === consumer.group && c.topic === consumer.topic);
+      const same = (c) => c.group === consumer.group && c.topic === consumer.topic;
+      const before = slow && (slow.consumers || []).find(same);
       const change = before ? consumer.lag - before.lag : null;
       const waited = consumer.oldestAge;
       let trend = DASH;
-      if (change !== null) trend = change > 0 ? `\u2191 ${formatCount(change)}` : change < 0 ? `\u2193 ${formatCount(-change)}` : "=";
+      if (change > 0) trend = `\u2191 ${formatCount(change)}`;
+      else if (change < 0) trend = `\u2193 ${formatCount(-change)}`;
+      else if (change === 0) trend = "=";
       const cells = [
         ["group", consumer.group, ""],
         ["topic", consumer.topic, ""],
