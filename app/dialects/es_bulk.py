@@ -211,7 +211,8 @@ def decode_bulk(body: bytes, default_index: str | None, max_actions: int) -> tup
         source: Any = None
         if action != "delete":
             if position == len(lines):
-                raise ElasticError(400, "illegal_argument_exception", f"the {action} action of line [{number}] has no source line")
+                reason = f"the {action} action of line [{number}] has no source line"
+                raise ElasticError(400, "illegal_argument_exception", reason)
             source = _json(lines[position][1], lines[position][0])
             position += 1
         index = metadata.index if metadata.index is not None else default_index
@@ -226,7 +227,9 @@ def decode_bulk(body: bytes, default_index: str | None, max_actions: int) -> tup
     return logs, items
 
 
-_JSON_TYPES: Final = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+_JSON_TYPES: Final = {
+    type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+}
 
 
 def _problem(action: str, index: str | None, client_id: str | None, source: Any) -> tuple[int, str, str] | None:
@@ -382,6 +385,11 @@ REFUSALS: Final = {
 }
 
 
+def path_parameters(*names: str) -> list[dict[str, Any]]:
+    """OpenAPI path parameters: ``{index}`` and ``{name}`` segments."""
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names]
+
+
 def refusal_responses(refusals: dict[str, str]) -> dict[str, Any]:
     """OpenAPI responses for refusals in Elasticsearch's error shape."""
     return {
@@ -391,13 +399,14 @@ def refusal_responses(refusals: dict[str, str]) -> dict[str, Any]:
 
 
 class BulkDialect(ElasticDialect):
-    """``_bulk`` with ``index`` and ``create`` actions; the path's ``{index}`` is the default index."""
+    """``_bulk`` with ``index`` and ``create`` actions; the path's ``{index}`` (with ``indexed``) is the default index."""
 
     name = "elasticsearch"
     media_types = frozenset({JSON, NDJSON, VND_JSON, VND_NDJSON})
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, *, indexed: bool = False) -> None:
         self._method = method
+        self._indexed = indexed
 
     def decode(self, body: bytes, request: Request, limits: Limits) -> Decoded:
         started = time.perf_counter()
@@ -422,9 +431,8 @@ class BulkDialect(ElasticDialect):
             else:
                 errors = True
                 status, kind, reason = item.error
-                answered.append(
-                    {item.action: {"_index": item.index, "_id": item.id, "status": status, "error": {"type": kind, "reason": reason}}}
-                )
+                error = {"type": kind, "reason": reason}
+                answered.append({item.action: {"_index": item.index, "_id": item.id, "status": status, "error": error}})
         took = int((time.perf_counter() - bulk.started) * 1000)
         answer = elastic_answer(request, 200, {"took": took, "errors": errors, "items": answered})
         return Answer(answer.status, answer.body, answer.content_type, {**accepted.headers, **PRODUCT_HEADERS})
@@ -435,13 +443,17 @@ class BulkDialect(ElasticDialect):
             "200": {"description": "every item's outcome, in request order", "content": {JSON: {"schema": _BULK_SCHEMA}}},
             **refusal_responses(REFUSALS),
         }
-        operation = {
+        operation: dict[str, Any] = {
             "summary": "Elasticsearch _bulk: index and create actions as log events, one item answer each",
             "requestBody": {"required": True, "content": body},
             "responses": responses,
         }
+        if self._indexed:
+            operation["parameters"] = path_parameters("index")
         return {self._method.lower(): operation}
 
 
 POST: Final = BulkDialect("POST")
 PUT: Final = BulkDialect("PUT")
+INDEX_POST: Final = BulkDialect("POST", indexed=True)
+INDEX_PUT: Final = BulkDialect("PUT", indexed=True)

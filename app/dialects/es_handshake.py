@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from app.config import Settings
 from app.dialects.base import JSON, NDJSON, Accepted, Answer, Decoded, Limits, Request
-from app.dialects.es_bulk import VND_JSON, ElasticDialect, elastic_answer, refusal_responses
+from app.dialects.es_bulk import VND_JSON, ElasticDialect, elastic_answer, path_parameters, refusal_responses
 
 CLUSTER_NAME: Final = "kafka-log-gateway"
 CLUSTER_UUID: Final = "a2Fma2EtbG9nLWdhdGV3YXk"  # fixed: one gateway cluster, whatever its instances
@@ -122,9 +122,13 @@ def _nodes_http(cluster: Cluster, request: Request) -> Reply:
     node = {
         "name": NODE_ID, "transport_address": address, "host": address.rsplit(":", 1)[0], "ip": address.rsplit(":", 1)[0],
         "version": cluster.version, "roles": ["data", "ingest", "master"],
-        "http": {"bound_address": [address], "publish_address": address, "max_content_length_in_bytes": cluster.max_content_length},
+        "http": {
+            "bound_address": [address], "publish_address": address,
+            "max_content_length_in_bytes": cluster.max_content_length,
+        },
     }
-    return 200, {"_nodes": {"total": 1, "successful": 1, "failed": 0}, "cluster_name": CLUSTER_NAME, "nodes": {NODE_ID: node}}, JSON
+    nodes = {"_nodes": {"total": 1, "successful": 1, "failed": 0}, "cluster_name": CLUSTER_NAME, "nodes": {NODE_ID: node}}
+    return 200, nodes, JSON
 
 
 def _template_exists(cluster: Cluster, request: Request) -> Reply:
@@ -154,15 +158,18 @@ class Handshake(ElasticDialect):
     # Clients send a JSON Content-Type with or without a body (rsyslog's probe does); a PUT's body is ignored.
     media_types = frozenset({"", JSON, VND_JSON, NDJSON})
 
-    def __init__(self, method: str, summary: str, document: Document, cluster: Cluster = Cluster()) -> None:
+    def __init__(
+        self, method: str, summary: str, document: Document, cluster: Cluster = Cluster(), *, templated: bool = False
+    ) -> None:
         self._method = method
         self._summary = summary
         self._document = document
         self._cluster = cluster
+        self._templated = templated  # its path has a {name}
 
     def configured(self, settings: Settings) -> Handshake:
         """This route as the gateway with ``settings`` answers it (its version, its body limit)."""
-        return Handshake(self._method, self._summary, self._document, Cluster.of(settings))
+        return Handshake(self._method, self._summary, self._document, Cluster.of(settings), templated=self._templated)
 
     def decode(self, body: bytes, request: Request, limits: Limits) -> Decoded:
         return Decoded([])
@@ -178,8 +185,13 @@ class Handshake(ElasticDialect):
             ok = {"description": "the Elasticsearch document", "content": {JSON: {"schema": {"type": ["object", "array"]}}}}
             if self._document is _cat_health:
                 ok["content"]["text/plain"] = {"schema": {"type": "string"}}
-        refusals = {"401": "no valid API key (when keys are configured)", "415": "unsupported Content-Type", "500": "an unexpected error"}
+        refusals = {
+            "401": "no valid API key (when keys are configured)", "415": "unsupported Content-Type",
+            "500": "an unexpected error",
+        }
         operation: dict[str, Any] = {"summary": self._summary, "responses": {"200": ok, **refusal_responses(refusals)}}
+        if self._templated:
+            operation["parameters"] = path_parameters("name")
         if self._method == "PUT":
             operation["requestBody"] = {"required": False, "content": {JSON: {"schema": {"type": "object"}}}}
         return {self._method.lower(): operation}
@@ -191,9 +203,9 @@ LICENSE = Handshake("GET", "Elasticsearch license: basic, active", _license)
 CLUSTER_HEALTH = Handshake("GET", "Elasticsearch cluster health: green", _cluster_health)
 CAT_HEALTH = Handshake("GET", "Elasticsearch _cat health (rsyslog's connection probe)", _cat_health)
 NODES_HTTP = Handshake("GET", "the one node's HTTP address: the address the client reached", _nodes_http)
-TEMPLATE_EXISTS = Handshake("HEAD", "a legacy index template exists (templates are ignored)", _template_exists)
-TEMPLATE = Handshake("GET", "a legacy index template (templates are ignored)", _legacy_template)
-PUT_TEMPLATE = Handshake("PUT", "put a legacy index template: acknowledged and ignored", _acknowledged)
-INDEX_TEMPLATE_EXISTS = Handshake("HEAD", "an index template exists (templates are ignored)", _template_exists)
-INDEX_TEMPLATE = Handshake("GET", "an index template (templates are ignored)", _index_template)
-PUT_INDEX_TEMPLATE = Handshake("PUT", "put an index template: acknowledged and ignored", _acknowledged)
+TEMPLATE_EXISTS = Handshake("HEAD", "a legacy index template exists (ignored)", _template_exists, templated=True)
+TEMPLATE = Handshake("GET", "a legacy index template (templates are ignored)", _legacy_template, templated=True)
+PUT_TEMPLATE = Handshake("PUT", "put a legacy index template: acknowledged and ignored", _acknowledged, templated=True)
+INDEX_TEMPLATE_EXISTS = Handshake("HEAD", "an index template exists (ignored)", _template_exists, templated=True)
+INDEX_TEMPLATE = Handshake("GET", "an index template (templates are ignored)", _index_template, templated=True)
+PUT_INDEX_TEMPLATE = Handshake("PUT", "put an index template: acknowledged and ignored", _acknowledged, templated=True)

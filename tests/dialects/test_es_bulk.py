@@ -370,9 +370,11 @@ def test_the_other_handshake_documents() -> None:
     handshake(es_handshake.INDEX_TEMPLATE_EXISTS, "/_index_template/t", "HEAD", name="t")
 
 
-def test_every_route_documents_its_own_method() -> None:
+def test_every_route_documents_its_own_method_and_path_parameters() -> None:
     from app.shippers.application import ROUTES
 
     for route in ROUTES:
         if isinstance(route.dialect, (es_bulk.BulkDialect, es_handshake.Handshake)):
-            assert list(route.operation()) == [route.method.lower()], route
+            [(method, operation)] = route.operation().items()
+            assert method == route.method.lower(), route
+            assert [p["name"] for p in operation.get("parameters", [])] == route.parameters, route
