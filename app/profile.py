@@ -243,6 +243,8 @@ class ProducerProfile:
             if self.breaker.state is not BreakerState.HALF_OPEN:
                 continue
             try:
+                # Bounded inside the call: librdkafka's list_topics gives up at its own timeout, so the
+                # thread ends by itself; fail_after only covers a thread that could not start in time.
                 with trio.fail_after(self._probe_timeout + 1.0):
                     await trio.to_thread.run_sync(self._producer.topics, self._probe_timeout, limiter=self._probe_limiter)
             except (KafkaUnavailable, trio.TooSlowError) as error:
@@ -439,6 +441,7 @@ class ProducerProfile:
             if trio.current_time() - self._probe_at < READY_CACHE_SECONDS:
                 return self._probe_result
             try:
+                # As in the probe loop: list_topics is bounded by its own timeout inside the thread.
                 with trio.fail_after(timeout + 1.0):
                     topics = await trio.to_thread.run_sync(self._producer.topics, timeout)
             except KafkaUnavailable as error:
