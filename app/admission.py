@@ -31,11 +31,15 @@ class Admission:
         # Exported at 0 from the start: rate() and increase() then see the first throttled burst.
         metrics.throttled.labels(service)
 
-    def authenticate(self, authorization: str | None) -> ApiKey | None:
-        """The API key of a request's ``Authorization`` header (None when authentication is off);
-        401 without a valid one."""
+    def authenticate(self, authorization: str | None, identities: frozenset[str] = frozenset()) -> ApiKey | None:
+        """The API key of a request's ``Authorization`` header, or without one the key its client
+        certificate's ``identities`` stand for (None when authentication is off); 401 without either."""
         if self._keys is None:
             return None
+        if not authorization and identities:
+            key = self._keys.for_certificate(identities)
+            if key is not None:
+                return key
         try:
             return self._keys.authenticate(authorization)
         except Unauthorized as error:

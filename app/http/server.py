@@ -1,0 +1,123 @@
+"""The HTTP listeners' server: hypercorn's trio worker, with each connection's start and end handled here.
+
+This is hypercorn's ``worker_serve`` (0.18) for one bind, with two changes:
+
+- TLS: each connection's handshake is completed here, within :data:`HANDSHAKE_TIMEOUT_SECONDS`,
+  and its requests then carry ``scope["extensions"]["tls"]`` (:func:`app.tls.asgi_extension`):
+  hypercorn hands the app nothing of a connection's TLS state (its issue #62, the ASGI TLS
+  extension, is open), and mutual TLS needs the client's certificate. The context is
+  :class:`app.tls.ServerTLS`'s, so a reloaded certificate is served from the next handshake on. A
+  client that does not complete a handshake (plain HTTP sent to the port, a certificate of another
+  CA, none under mutual TLS) is closed after the TLS alert, and nothing of it reaches the app.
+- An error that escapes hypercorn's protocol code ends that connection, not the listener. Its
+  HTTP/2 code raises ``KeyError`` on DATA for a stream it has answered and closed (its issue #329,
+  unfixed in 0.18): a client that keeps sending a body the gateway refused early (405, 401, 415) on
+  HTTP/2, through ALPN or with prior knowledge on a plain port, would otherwise stop the listener's
+  nursery, and the process with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import hypercorn.config
+import trio
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+from app.tls import ServerTLS, asgi_extension
+
+log = logging.getLogger(__name__)
+
+# A handshake not done by then is dropped: a client that opens connections and sends nothing holds little.
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+
+class _WithTLS:
+    """The app as one connection's requests see it: the connection's TLS extension in every scope."""
+
+    def __init__(self, app: AppWrapper, extension: dict[str, Any]) -> None:
+        self._app = app
+        self._extension = extension
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Callable[..., Any], call_soon: Callable[..., Any]
+    ) -> None:
+        if scope["type"] in {"http", "websocket"}:
+            scope["extensions"]["tls"] = self._extension
+        await self._app(scope, receive, send, sync_spawn, call_soon)
+
+
+async def serve(
+    app: Any,  # an ASGI app (hypercorn's Framework alias is narrower than what it takes)
+    config: hypercorn.config.Config,
+    *,
+    tls: ServerTLS | None = None,
+    shutdown_trigger: Callable[..., Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``config.bind`` (over TLS with ``tls``) until ``shutdown_trigger`` returns,
+    as ``hypercorn.trio.serve`` does; reports the bound URLs."""
+    config.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+
+    async def connection(stream: trio.SocketStream) -> None:
+        served: Any = stream
+        connection_app: AppWrapper = wrapped
+        if tls is not None:
+            served = trio.SSLStream(stream, tls.context, server_side=True, https_compatible=True)
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
+                    await served.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                await trio.aclose_forcefully(served)
+                return
+            connection_app = _WithTLS(wrapped, asgi_extension(served))
+        try:
+            await TCPServer(connection_app, config, context, ConnectionState(lifespan_state.copy()), served)
+        except Exception as error:  # see the module's docstring: this connection ends, the listener serves on
+            log.debug("a connection ended on a server error: %r", error)
+
+    scheme = "https" if tls is not None else "http"
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+
+        async with trio.open_nursery() as server_nursery:
+            listeners = []
+            binds = []
+            for sock in config.create_sockets().insecure_sockets:  # the TLS is ours: hypercorn sees plain sockets
+                sock.listen(config.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                bind = repr_socket_addr(sock.family, sock.getsockname())
+                binds.append(f"{scheme}://{bind}")
+                await config.log.info(f"Running on {scheme}://{bind} (CTRL + C to quit)")
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(trio.serve_listeners, connection, listeners, handler_nursery=server_nursery)
+                    )
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
+                if other_errors is not None:
+                    raise other_errors from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
