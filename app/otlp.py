@@ -56,7 +56,9 @@ _NO_TRACE_ID: Final = bytes(16)
 _NO_SPAN_ID: Final = bytes(8)
 
 # google.rpc.Code of each HTTP refusal, for the Status body OTLP/HTTP answers errors with.
-_RPC_CODES: Final = {400: 3, 401: 16, 404: 5, 405: 12, 413: 3, 415: 3, 429: 8, 500: 13, 503: 14}
+_RPC_CODES: Final = {
+    400: 3, 401: 16, 404: 5, 405: 12, 408: 4, 413: 3, 415: 3, 422: 3, 429: 8, 500: 13, 502: 14, 503: 14, 504: 4,
+}
 
 
 class InvalidExport(ValueError):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LISTENERS = ("gateway", "application", "infrastructure", "transaction")
 # The syslog and forward socket listeners stay off unless a bench gives them ports: on their default
 # ports, two gateways at once (a baseline beside this code, or another engineer's) would collide.
-SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0"}
+SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0", "OTLP_GRPC_PORT": "0"}
 
 
 def free_port() -> int:

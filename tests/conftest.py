@@ -119,6 +119,7 @@ def gateway_env(infra: Infra, database_url: str) -> dict[str, str]:
         "COLLECTOR_INTERVAL": "0",  # tests of the host collector turn it on
         "SYSLOG_PORT": "0",  # the socket listeners are off unless a test turns them on, on ports of its own
         "FORWARD_PORT": "0",
+        "OTLP_GRPC_PORT": "0",
         **unique_topics_env(),
     }
 

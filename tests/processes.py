@@ -23,7 +23,7 @@ from tests.conftest import ROOT, Infra, schema_url, unique_topics_env, wait_read
 
 _HANDED_OUT: set[int] = set()
 # Gateway processes leave the syslog and forward listeners off unless a test gives them ports.
-SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0"}
+SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0", "OTLP_GRPC_PORT": "0"}
 
 
 def free_port() -> int:
@@ -160,7 +160,9 @@ def running_gateway(infra: Infra, **env: str) -> Iterator[RunningGateway]:
         **env,
     }
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env, stderr=subprocess.DEVNULL)
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    # Listeners under TLS (TLS_CERT_FILE and TLS_LISTENERS) are https; the caller trusts their CA (SSL_CERT_FILE).
+    secure = full_env.get("TLS_LISTENERS", ",".join(ports)).split(",") if full_env.get("TLS_CERT_FILE") else []
+    urls = {name: f"{'https' if name in secure else 'http'}://127.0.0.1:{port}" for name, port in ports.items()}
     try:
         deadline = time.monotonic() + 60
         while True:

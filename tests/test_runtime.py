@@ -34,6 +34,7 @@ def no_kafka_env(**extra: str) -> dict[str, str]:
         "GRACEFUL_TIMEOUT": "1",
         "SYSLOG_PORT": "0",
         "FORWARD_PORT": "0",
+        "OTLP_GRPC_PORT": "0",
         **unique_topics_env(),
         **extra,
     }

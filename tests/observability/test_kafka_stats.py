@@ -190,7 +190,7 @@ async def test_a_listener_that_is_not_ready_reports_0() -> None:
         {
             "HOST": "127.0.0.1", "APPLICATION_PORT": "0", "ROLES": "application", "COLLECTOR_INTERVAL": "0",
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "READY_TIMEOUT": "0.5", "FLUSH_TIMEOUT": "2",
-            "SYSLOG_PORT": "0", "FORWARD_PORT": "0",
+            "SYSLOG_PORT": "0", "FORWARD_PORT": "0", "OTLP_GRPC_PORT": "0",
         }
     )
     async with trio.open_nursery() as nursery:
