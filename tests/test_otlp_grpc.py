@@ -133,23 +133,20 @@ async def test_the_sdk_grpc_exporters_ship_logs_and_metrics(gateway_env: dict[st
 
 @pytest.mark.filterwarnings(SDK_HANDLER_DEPRECATED)
 async def test_the_sdk_grpc_exporters_over_mutual_tls_with_the_certificate_as_the_key(
-    gateway_env: dict[str, str], pki: Pki, kafka: KafkaReader
+    gateway_env: dict[str, str], pki: Pki, kafka: KafkaReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     collector = pki.client("collector")
     env = {**gateway_env, **pki.env(mutual=True), "API_KEYS": "collector::0:CN=collector,other:other-secret"}
     service, host = f"mtls-{uuid.uuid4().hex[:8]}", f"host-{uuid.uuid4().hex[:8]}"
     async with serving(env) as runtime:
         assert runtime.url("otlp-grpc").startswith("https://")
-        pem = collector.read_bytes()
-
-        def credentials() -> grpc.ChannelCredentials:
-            return grpc.ssl_channel_credentials(pki.ca_file.read_bytes(), private_key=pem, certificate_chain=pem)
-
-        endpoint = runtime.url("otlp-grpc")
-        await trio.to_thread.run_sync(
-            ship_logs, OTLPLogExporter(endpoint=endpoint, credentials=credentials(), timeout=10), service, ["over mTLS"]
-        )
-        await trio.to_thread.run_sync(ship_metrics, OTLPMetricExporter(endpoint=endpoint, credentials=credentials(), timeout=10), host)
+        # As the README's "Mutual TLS and identities" configures an exporter (the key and certificate in one file here).
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", runtime.url("otlp-grpc"))
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(pki.ca_file))
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(collector))
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(collector))
+        await trio.to_thread.run_sync(ship_logs, OTLPLogExporter(timeout=10), service, ["over mTLS"])
+        await trio.to_thread.run_sync(ship_metrics, OTLPMetricExporter(timeout=10), host)
 
         def call_without_a_certificate() -> grpc.StatusCode:
             with grpc.secure_channel(target(runtime), grpc.ssl_channel_credentials(pki.ca_file.read_bytes())) as channel:
