@@ -151,6 +151,7 @@ class Gateway:
             "DATABASE_URL": f"{stack.database_url}{separator}options=-csearch_path%3D{schema}",
             "SYSLOG_PORT": "0",
             "FORWARD_PORT": "0",
+            "OTLP_GRPC_PORT": "0",
             "COLLECTOR_INTERVAL": "0",
             "LAG_INTERVAL": "0",
             "OUTBOX_POLL_INTERVAL": "0.2",
