@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,11 +56,21 @@ class ProfileSettings:
     # (for transactions, bounded by OUTBOX_MAX_PENDING instead, the relay producer's queue size).
     buffer_events: int = 100_000
     buffer_bytes: int = 64 * MIB
+    # memory: 202 means taken into the buffer above; disk: fsynced into the stream's spool first
+    # (app/spool/), which feeds Kafka with acks=all and an idempotent producer.
+    durability: str = "memory"
+    # The spool's bound (disk mode); past it, refuse (503) or drop-oldest.
+    spool_bytes: int = 1024 * MIB
+    spool_full: str = "refuse"
 
     @property
     def dead_letter_topic(self) -> str:
         """Where a channel profile writes what Kafka refuses for good; the transaction relay writes none."""
         return f"{self.topic}.dlq"
+
+    @property
+    def disk(self) -> bool:
+        return self.durability == "disk"
 
 
 def _application_profile() -> ProfileSettings:
@@ -134,6 +145,23 @@ class Settings:
     # The host name on collected samples; empty: this machine's host name.
     metrics_host: str = ""
 
+    # Consumer lag of the groups that read the gateway's topics, sampled every LAG_INTERVAL (0 turns it off):
+    # the groups in LAG_GROUPS (comma-separated; empty: every group of the cluster), at most LAG_MAX_GROUPS
+    # of them asked per round, each round within LAG_TIMEOUT.
+    lag_interval: float = 15 * SECONDS
+    lag_groups: str = ""
+    lag_max_groups: int = 100
+    lag_timeout: float = 5 * SECONDS
+
+    # Where disk-mode streams keep their spools (one SQLite database each); empty: .local/spool
+    # under the working directory. The spool does not start while the file system has less free
+    # than SPOOL_MIN_FREE_BYTES, and refuses new events below it.
+    spool_dir: str = ""
+    spool_min_free_bytes: int = 64 * MIB
+
+    # The Elasticsearch version the _bulk routes' handshake reports (GET / on the application listener).
+    es_compat_version: str = "8.17.0"
+
     max_request_bytes: int = 10 * MIB
     max_decompressed_bytes: int = 32 * MIB
     max_batch_events: int = 10_000
@@ -179,6 +207,20 @@ class Settings:
     forward_max_connections: int = 1024
     forward_idle_timeout: float = 600 * SECONDS
 
+    # TLS (1.2 and up) on the listeners named in TLS_LISTENERS once a certificate and its key are set; with a
+    # client CA, mutual TLS: a client must present a certificate that CA signed. The certificate and key are
+    # read again on SIGHUP and when their files change (looked at every TLS_RELOAD_INTERVAL seconds; 0: SIGHUP only).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tls_listeners: str = "gateway,application,infrastructure,transaction,otlp-grpc"
+    tls_reload_interval: float = 5 * SECONDS
+    # OTLP over gRPC (the logs and metrics services' Export), hosted with the gateway role; 0 turns it off.
+    # Its calls run in OTLP_GRPC_WORKERS threads, at most OTLP_GRPC_MAX_CONCURRENT_RPCS under way at once.
+    otlp_grpc_port: int = 4317
+    otlp_grpc_workers: int = 8
+    otlp_grpc_max_concurrent_rpcs: int = 256
+
     # OpenTelemetry spans of ingest requests, exported over OTLP/HTTP when either endpoint is set
     # (the standard variables; the traces one is used as it is, the other gets /v1/traces appended).
     otel_exporter_otlp_endpoint: str = ""
@@ -196,8 +238,16 @@ class Settings:
         return f"{self.transaction.topic}.checkpoint"
 
     @property
+    def spool_directory(self) -> str:
+        return self.spool_dir or os.path.join(os.getcwd(), ".local", "spool")
+
+    @property
     def tracing(self) -> bool:
         return bool(self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint)
+
+    def tls_on(self, listener: str) -> bool:
+        """Whether a listener (a role's, or ``otlp-grpc``) serves TLS."""
+        return bool(self.tls_cert_file) and listener in _names(self.tls_listeners)
 
     def role_set(self) -> frozenset[str]:
         return frozenset(role.strip() for role in self.roles.split(",") if role.strip())
@@ -261,6 +311,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         overrides = _load_fields(ProfileSettings, env, f"{name}_")
         top[name] = dataclasses.replace(profile, **overrides)
     settings = dataclasses.replace(defaults, **top)
+    if settings.tls_cert_file and settings.tls_key_file and not (settings.syslog_tls_cert_file or settings.syslog_tls_key_file):
+        # Syslog over TLS serves the listeners' certificate unless it is given one of its own.
+        settings = dataclasses.replace(
+            settings, syslog_tls_cert_file=settings.tls_cert_file, syslog_tls_key_file=settings.tls_key_file
+        )
     _validate(settings)
     return settings
 
@@ -273,8 +328,18 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{name.upper()}_BUFFER_EVENTS and _BUFFER_BYTES must be positive")
         if profile.compression not in {"none", "gzip", "snappy", "lz4", "zstd"}:
             raise SettingsError(f"{name.upper()}_COMPRESSION {profile.compression!r} is unknown")
+        if profile.durability not in {"memory", "disk"}:
+            raise SettingsError(f"{name.upper()}_DURABILITY must be memory or disk, not {profile.durability!r}")
+        if profile.spool_full not in {"refuse", "drop-oldest"}:
+            raise SettingsError(f"{name.upper()}_SPOOL_FULL must be refuse or drop-oldest, not {profile.spool_full!r}")
+        if profile.spool_bytes <= 0:
+            raise SettingsError(f"{name.upper()}_SPOOL_BYTES must be positive")
         if not (math.isfinite(profile.rate_limit) and profile.rate_limit >= 0):
             raise SettingsError(f"{name.upper()}_RATE_LIMIT must be a non-negative number, not {profile.rate_limit!r}")
+    if settings.transaction.disk:
+        raise SettingsError("TRANSACTION_DURABILITY: transactions are always durable, in the PostgreSQL outbox")
+    if not re.fullmatch(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", settings.es_compat_version):
+        raise SettingsError(f"ES_COMPAT_VERSION must be a version such as 8.17.0, not {settings.es_compat_version!r}")
     if settings.max_event_bytes > settings.max_request_bytes:
         raise SettingsError("MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES")
     unknown = settings.role_set() - set(ROLES)
@@ -301,6 +366,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"LOG_FORMAT must be json or text, not {settings.log_format!r}")
     if settings.topic_partitions < 1:
         raise SettingsError("TOPIC_PARTITIONS must be at least 1")
+    if settings.lag_max_groups < 1:
+        raise SettingsError("LAG_MAX_GROUPS must be at least 1")
     # Every wait has a deadline: none of these may be infinite or NaN, and the timeouts not zero.
     for name in (*_POSITIVE, *_NON_NEGATIVE):
         value, positive = getattr(settings, name), name in _POSITIVE
@@ -321,10 +388,39 @@ def _validate_sockets(settings: Settings) -> None:
             raise SettingsError(f"{name.upper()} must be at least 1")
     if bool(settings.syslog_tls_cert_file) != bool(settings.syslog_tls_key_file):
         raise SettingsError("SYSLOG_TLS_CERT_FILE and SYSLOG_TLS_KEY_FILE are set together or not at all")
+    _validate_tls(settings)
+
+
+TLS_LISTENERS = (*ROLES, "otlp-grpc")
+
+
+def _names(listeners: str) -> frozenset[str]:
+    return frozenset(name.strip() for name in listeners.split(",") if name.strip())
+
+
+def _validate_tls(settings: Settings) -> None:
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE are set together or not at all")
+    if settings.tls_client_ca_file and not settings.tls_cert_file:
+        raise SettingsError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: mutual TLS is TLS first")
+    unknown = _names(settings.tls_listeners) - set(TLS_LISTENERS)
+    if unknown:
+        raise SettingsError(
+            f"TLS_LISTENERS must be a comma-separated subset of {', '.join(TLS_LISTENERS)}, not {settings.tls_listeners!r}"
+        )
+    if not 0 <= settings.otlp_grpc_port <= 65535:
+        raise SettingsError("OTLP_GRPC_PORT must be a port number (0 turns the listener off)")
+    for name in ("otlp_grpc_workers", "otlp_grpc_max_concurrent_rpcs"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name.upper()} must be at least 1")
 
 
 _POSITIVE = (
     "upstream_timeout", "upstream_connect_timeout", "outbox_write_timeout", "outbox_poll_interval",
     "outbox_kafka_timeout", "breaker_open_seconds", "ready_timeout", "syslog_idle_timeout", "forward_idle_timeout",
+    "lag_timeout",
 )
-_NON_NEGATIVE = ("graceful_timeout", "flush_timeout", "collector_interval", "metrics_rate", "outbox_retention_hours")
+_NON_NEGATIVE = (
+    "graceful_timeout", "flush_timeout", "collector_interval", "metrics_rate", "outbox_retention_hours", "lag_interval",
+    "tls_reload_interval",
+)

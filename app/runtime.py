@@ -12,17 +12,18 @@ profile drains its buffer and flushes its producer within the flush timeout; exi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from app.admission import Admission
@@ -32,12 +33,17 @@ from app.config import ROLES, Settings
 from app.core import NoTracer, Tracer
 from app.db.database import Database
 from app.gateway.upstream import Upstream
+from app.http.actuator import component
 from app.http.listener import ReadyCheck, create_listener_app, watch_readiness
 from app.http.pipeline import BodyLimits, Entry, Forward, Ingest, Lookup, Pipeline
-from app.http.routes import Route, table
+from app.http.routes import Configured, Route, table
+from app.http.server import serve as serve_http
 from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
+from app.kafka.lag import lag_reader
 from app.kafka.producer import KafkaProducer, producer_config
+from app.otlp_grpc import serve_otlp_grpc
+from app.observability.consumer_lag import watch_consumer_lag
 from app.observability.metrics import Metrics
 from app.outbox.backlog import Backlog
 from app.outbox.relay import Relay
@@ -46,8 +52,11 @@ from app.profile import ProducerProfile
 from app.shippers import application, infrastructure, transaction
 from app.shippers.collector import Collector
 from app.sockets import build_socket_listeners
+from app.spool.spool import Spool
+from app.spool.store import Store
 from app.status import page as status_page
 from app.streams import Stream
+from app.tls import ServerTLS, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +73,7 @@ ROUTES: dict[str, tuple[Route, ...]] = {
 def listener_routes(listener: str) -> tuple[Route, ...]:
     """The route table of a listener: its shipper's, or every shipper's for the gateway."""
     if listener == "gateway":
-        return table(*(ROUTES[name] for name in SHIPPERS))
+        return table(*((route for route in ROUTES[name] if route.gateway) for name in SHIPPERS))
     return table(ROUTES[listener])
 
 
@@ -77,6 +86,9 @@ class Runtime:
     profiles: dict[str, ProducerProfile]
     metrics: Metrics
     _shutdown: trio.Event = field(repr=False)
+    spools: dict[str, Spool] = field(default_factory=dict)
+    # The listeners' TLS (None while TLS_CERT_FILE is unset): ``tls.reload()`` is what SIGHUP does.
+    tls: ServerTLS | None = None
 
     def shutdown(self) -> None:
         """Begin the graceful shutdown (same as SIGTERM)."""
@@ -94,8 +106,13 @@ CHANNEL_PROFILES = ("application", "infrastructure")
 
 
 def profile_producer_config(settings: Settings, name: str) -> dict[str, Any]:
+    profile = settings.profiles()[name]
+    if profile.disk:
+        # acks=1 can lose an acknowledged record in a leader change, which would defeat the spool;
+        # idempotence keeps each key's order through retries.
+        profile = dataclasses.replace(profile, acks="all", idempotence=True)
     return producer_config(
-        settings.profiles()[name],
+        profile,
         connection=connection_config(settings),
         client_id=f"{settings.kafka_client_id}-{name}",
         max_message_bytes=max(1_000_000, settings.max_event_bytes + 64 * 1024),
@@ -121,9 +138,30 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
             ),
             recreate=lambda: KafkaProducer(config),
             probe_timeout=settings.ready_timeout,
+            spooled=settings.profiles()[name].disk,
         )
 
     return {name: profile(name) for name in CHANNEL_PROFILES if name in settings.role_set()}
+
+
+def build_spools(settings: Settings, metrics: Metrics, profiles: dict[str, ProducerProfile]) -> dict[str, Spool]:
+    """The spools of the disk-mode streams this process hosts."""
+    spools: dict[str, Spool] = {}
+    for name, profile in profiles.items():
+        options = settings.profiles()[name]
+        if options.disk:
+            spools[name] = Spool(
+                Store(Path(settings.spool_directory), name),
+                profile,
+                metrics,
+                max_bytes=options.spool_bytes,
+                min_free_bytes=settings.spool_min_free_bytes,
+                drop_oldest=options.spool_full == "drop-oldest",
+                retry_after_seconds=settings.retry_after_seconds,
+                flush_timeout=settings.flush_timeout,
+                memory_copy_events=options.buffer_events,
+            )
+    return spools
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -218,7 +256,6 @@ class Listener:
     admission: Admission | None = None
 
 
-
 def build_listeners(
     settings: Settings,
     metrics: Metrics,
@@ -227,28 +264,33 @@ def build_listeners(
     upstreams: dict[str, Upstream],
     api_keys: ApiKeys | None,
     tracer: Tracer,
+    spools: dict[str, Spool] | None = None,
 ) -> dict[str, Listener]:
     """Every listener this process hosts, its route table bound to the streams (or the upstreams)."""
     roles = settings.role_set()
 
     def probe(name: str) -> ReadyCheck:
-        return lambda: profiles[name].probe(settings.ready_timeout)
+        return component("kafka", lambda: profiles[name].probe(settings.ready_timeout))
 
     async def no_database() -> str:
         return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
 
     streams: dict[str, Stream] = {}
     checks: dict[str, list[ReadyCheck]] = {}
+    spools = spools or {}
     if "application" in roles:
-        streams["application"] = application.stream(settings, profiles["application"])
+        streams["application"] = application.stream(settings, profiles["application"], spools.get("application"))
         checks["application"] = [probe("application")]
     if "infrastructure" in roles:
-        streams["infrastructure"] = infrastructure.stream(settings, profiles["infrastructure"])
+        streams["infrastructure"] = infrastructure.stream(settings, profiles["infrastructure"], spools.get("infrastructure"))
         checks["infrastructure"] = [probe("infrastructure")]
+    for name, spool in spools.items():
+        # A disk-mode stream takes events while Kafka is away: its readiness is its spool's.
+        checks[name] = [spool.ready]
     if "transaction" in roles:
         streams["transaction"] = transaction.stream(settings, outbox.writer if outbox else None)
         # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
-        checks["transaction"] = [outbox.database.probe if outbox else no_database]
+        checks["transaction"] = [component("db", outbox.database.probe if outbox else no_database)]
     # One admission per stream, shared by its shipper's listener and the gateway's.
     admissions = {
         name: Admission(
@@ -272,7 +314,8 @@ def build_listeners(
         if route.stream not in streams:
             return Forward(route, upstreams[route.stream])
         if route.dialect is not None:
-            return Ingest(route, route.dialect, streams[route.stream], admissions[route.stream])
+            dialect = route.dialect.configured(settings) if isinstance(route.dialect, Configured) else route.dialect
+            return Ingest(route, dialect, streams[route.stream], admissions[route.stream])
         assert route.view is not None
         return Lookup(route, route.view, streams[route.stream], admissions[route.stream])
 
@@ -280,7 +323,7 @@ def build_listeners(
         routes = listener_routes(name)
         app = create_listener_app(name, metrics, ready, routes, max_request_bytes=settings.max_request_bytes)
         if name == "gateway":
-            status_page.register(app, metrics)
+            status_page.register(app, metrics, {route.path: route.stream for route in routes})
         pipeline = Pipeline(name, [bind(route) for route in routes], app, metrics, tracer, limits)
         return Listener(port, app, pipeline, streams.get(name), admissions.get(name))
 
@@ -291,7 +334,7 @@ def build_listeners(
         gateway_checks: list[ReadyCheck] = (
             checks["application"]
             if "application" in streams
-            else [partial(upstreams["application"].ready, settings.ready_timeout)]
+            else [component("applicationShipper", partial(upstreams["application"].ready, settings.ready_timeout))]
         )
         listeners["gateway"] = listener("gateway", gateway_checks, settings.gateway_port)
     return listeners
@@ -319,16 +362,31 @@ def hypercorn_config(settings: Settings, port: int) -> hypercorn.config.Config:
 
 
 async def watch_signals(
-    shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    shutdown: trio.Event,
+    reload: Callable[[], None] | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """SIGTERM and SIGINT shut down gracefully (a second one at once); SIGHUP calls ``reload``, when given."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, *([signal.SIGHUP] if reload else [])) as signals:
         task_status.started()
         async for signum in signals:
+            if signum == signal.SIGHUP and reload is not None:
+                log.info("SIGHUP: reloading the TLS certificate")
+                reload()
+                continue
             if shutdown.is_set():
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 raise KeyboardInterrupt
             log.info("%s: shutting down gracefully", signal.Signals(signum).name)
             shutdown.set()
+
+
+def _request_reload(requests: trio.MemorySendChannel[None]) -> None:
+    try:
+        requests.send_nowait(None)
+    except trio.WouldBlock:  # a reload is already asked for
+        pass
 
 
 async def run(
@@ -339,17 +397,24 @@ async def run(
 ) -> None:
     """Run the gateway until shut down. Reports a :class:`Runtime` once every listener is up."""
     api_keys = load_api_keys(settings, trio.current_time)  # a bad key file stops start-up here
+    tls = load_tls(settings)  # and so does a certificate or key that cannot serve
     roles = settings.role_set()
     metrics = Metrics()
     profiles = build_profiles(settings, metrics)
+    spools = build_spools(settings, metrics, profiles)
     outbox = build_outbox(settings, metrics)
     upstreams = build_upstreams(settings, metrics)
     tracer = build_tracing(settings)
     shutdown = trio.Event()
 
     async with trio.open_nursery() as background:
+        reload_requests, reloads = trio.open_memory_channel[None](1)
+        if tls is not None:
+            await background.start(tls.watch, reloads, settings.tls_reload_interval)
         if handle_signals:
-            await background.start(watch_signals, shutdown)
+            await background.start(
+                watch_signals, shutdown, partial(_request_reload, reload_requests) if tls is not None else None
+            )
         if roles & set(SHIPPERS):
             await background.start(
                 partial(
@@ -366,10 +431,17 @@ async def run(
             await background.start(outbox.relay.run)
         for upstream in upstreams.values():
             await background.start(upstream.run)
+        if settings.lag_interval > 0:
+            await background.start(
+                partial(watch_consumer_lag, lag_reader(settings), metrics.consumer_lag, interval=settings.lag_interval)
+            )
 
         async with trio.open_nursery() as producers:
             for profile in profiles.values():
                 await producers.start(profile.run)
+            for spool in spools.values():
+                # Opens (and salvages) the spool; what an earlier run left in it is delivered from now on.
+                await producers.start(spool.run)
             if "infrastructure" in profiles and settings.collector_interval > 0:
                 collector = Collector(
                     profiles["infrastructure"],
@@ -379,7 +451,7 @@ async def run(
                     rate=settings.metrics_rate,
                 )
                 await background.start(collector.run)
-            listeners = build_listeners(settings, metrics, profiles, outbox, upstreams, api_keys, tracer)
+            listeners = build_listeners(settings, metrics, profiles, outbox, upstreams, api_keys, tracer, spools)
             await background.start(watch_readiness, {name: served.app for name, served in listeners.items()}, metrics)
             async with trio.open_nursery() as serving:
                 addresses: dict[str, list[str]] = {}
@@ -389,13 +461,22 @@ async def run(
                     served = listeners[name]
                     addresses[name] = await serving.start(
                         partial(
-                            hypercorn.trio.serve,
-                            served.pipeline,  # type: ignore[arg-type]  # an ASGI app; hypercorn's alias is narrower
+                            serve_http,
+                            served.pipeline,
                             hypercorn_config(settings, served.port),
+                            tls=tls if settings.tls_on(name) else None,
                             shutdown_trigger=shutdown.wait,
                         )
                     )
                     log.info("%s listening on %s", name, ", ".join(addresses[name]))
+                if "gateway" in listeners and settings.otlp_grpc_port:
+                    addresses["otlp-grpc"] = await serving.start(
+                        partial(
+                            serve_otlp_grpc, settings, listeners["gateway"].pipeline, metrics, tracer,
+                            tls if settings.tls_on("otlp-grpc") else None, shutdown.wait,
+                        )
+                    )
+                    log.info("otlp-grpc listening on %s", ", ".join(addresses["otlp-grpc"]))
                 application_listener = listeners.get("application")
                 if application_listener is not None and application_listener.stream is not None:
                     assert application_listener.admission is not None
@@ -406,8 +487,10 @@ async def run(
                         for name, bound_addresses in bound.items():
                             log.info("%s listening on %s", name, ", ".join(bound_addresses))
                         addresses.update(bound)
-                task_status.started(Runtime(addresses, settings, profiles, metrics, shutdown))
+                task_status.started(Runtime(addresses, settings, profiles, metrics, shutdown, spools, tls))
             log.info("listeners stopped; draining producer buffers")
+            for spool in spools.values():
+                spool.close()
             for profile in profiles.values():
                 profile.close()
         background.cancel_scope.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
+from app.observability.consumer_lag import ConsumerLag
 from app.observability.histogram import BatchHistogram
 from app.observability.kafka_stats import KafkaStatistics
 
@@ -78,6 +79,12 @@ class Metrics:
             "(refused: a rate limit, a full buffer, an open breaker, a failed commit).",
             ["service", "dialect", "outcome"], registry=r,
         )
+        self.ingest_skipped = Counter(
+            "gateway_ingest_skipped_values",
+            "Values of taken ingest requests that became no event, by stream, dialect and reason "
+            "(stale: Prometheus staleness markers; non_finite: other NaN or infinite samples; nan: collectd's null).",
+            ["service", "dialect", "reason"], registry=r,
+        )
         self.http_duration = Histogram(
             "http_request_duration_seconds", "HTTP request handling time.", ["listener", "route"],
             buckets=LATENCY_BUCKETS, registry=r,
@@ -120,12 +127,46 @@ class Metrics:
             "collector_dropped_events", "Host samples dropped because the infrastructure profile refused them.",
             ["reason"], registry=r,
         )
+        # The durable spool of disk-mode streams (app/spool/).
+        self.spool_events = Gauge("spool_events", "Events spooled on disk and not yet acknowledged by Kafka.", ["service"], registry=r)
+        self.spool_bytes = Gauge("spool_bytes", "Bytes (keys and values) spooled on disk.", ["service"], registry=r)
+        self.spool_oldest_age = Gauge(
+            "spool_oldest_event_age_seconds", "How long the oldest spooled event has waited for Kafka.", ["service"], registry=r
+        )
+        self.spool_replayed = Counter(
+            "spool_replayed_events", "Spooled events read back from disk to be sent (after a restart or an outage).",
+            ["service"], registry=r,
+        )
+        self.spool_fsync_duration = Histogram(
+            "spool_fsync_duration_seconds", "One group commit of the spool: its write and fsync.", ["service"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.spool_quarantined = Counter(
+            "spool_quarantined_events", "Spooled events that could not be read back whole and were set aside.",
+            ["service"], registry=r,
+        )
+        self.spool_dropped = Counter(
+            "spool_dropped_events", "Spooled events dropped, oldest first, to take new ones (SPOOL_FULL=drop-oldest).",
+            ["service"], registry=r,
+        )
+        self.spool_write_errors = Counter(
+            "spool_write_errors", "Group commits of the spool that failed (disk full, I/O error): answered 503.",
+            ["service"], registry=r,
+        )
+        self.spool_possible_duplicates = Counter(
+            "spool_possible_duplicate_events",
+            "Events found spooled at start-up that the previous run had handed to Kafka already: they may reach it twice.",
+            ["service"], registry=r,
+        )
         self.ready = Gauge(
             "gateway_ready", "1 when the listener's latest /ready evaluation found it ready, 0 when not.",
             ["listener"], registry=r,
         )
         self.kafka_statistics = KafkaStatistics()
         r.register(self.kafka_statistics)
+        # kafka_consumergroup_lag and _lag_seconds of the groups reading the gateway's topics (LAG_INTERVAL).
+        self.consumer_lag = ConsumerLag()
+        r.register(self.consumer_lag)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Gateway requests a remote shipper instance failed, by kind.",
             ["shipper", "error"], registry=r,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 
+import cramjam
 import httpx
 import hypercorn.trio
 import pytest
@@ -26,6 +27,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberData
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from app.config import load_settings
+from app.proto.prometheus.remote_write_pb2 import Label, Sample as RemoteWriteSample, TimeSeries, WriteRequest
 from app.runtime import LISTENERS, Runtime, listener_routes, run
 from tests.conftest import wait_ready
 from tests.kafka_reader import KafkaReader
@@ -46,6 +48,7 @@ class Sample:
     body: bytes
     status: int
     events: int
+    query: str = ""  # the request's query string, "?..." (HEC's raw metadata)
 
 
 def _resource(host: str) -> Resource:
@@ -107,7 +110,70 @@ def samples(marker: str) -> dict[tuple[str, str], Sample]:
         ("POST", "/api/v1/transactions/batch"): Sample(
             JSON, encoded({"transactions": [_transaction(marker, i) for i in range(2)]}), 202, 2
         ),
+        **_elasticsearch_samples(marker),
+        **_hec_samples(marker),
+        ("POST", "/loki/api/v1/push"): Sample(JSON, encoded({"streams": [_loki_stream(marker)]}), 204, 2),
+        ("POST", "/api/v1/write"): Sample(PROTOBUF, _remote_write(marker), 204, 2),
+        ("POST", "/collectd"): Sample(JSON, encoded([_collectd_load(marker)]), 200, 3),
     }
+
+
+def _remote_write(marker: str) -> bytes:
+    """A snappy-compressed remote_write 1.0 request, as Prometheus sends it: two samples of one series."""
+    series = TimeSeries(
+        labels=[Label(name="__name__", value="up"), Label(name="instance", value=marker), Label(name="job", value="node")],
+        samples=[RemoteWriteSample(value=1.0, timestamp=1_764_064_800_000 + i) for i in range(2)],
+    )
+    return bytes(cramjam.snappy.compress_raw(WriteRequest(timeseries=[series]).SerializeToString()))
+
+
+def _collectd_load(marker: str) -> dict[str, object]:
+    """A value list as collectd's write_http JSON format writes it: three values of the load plugin."""
+    return {
+        "values": [0.5, 0.25, 0.125], "dstypes": ["gauge"] * 3, "dsnames": ["shortterm", "midterm", "longterm"],
+        "time": 1764064800.25, "interval": 10.0, "host": marker, "plugin": "load", "plugin_instance": "",
+        "type": "load", "type_instance": "",
+    }
+
+
+def _loki_stream(marker: str) -> dict[str, object]:
+    values = [["1764064800000000001", f"{marker} 0"], ["1764064800000000002", f"{marker} 1", {"k": "v"}]]
+    return {"stream": {"service_name": marker}, "values": values}
+
+
+def _hec_samples(marker: str) -> dict[tuple[str, str], Sample]:
+    """Splunk HEC: events (the marker as their source), raw lines (the source in the query string),
+    the ack query of a channel and the health check, which take none."""
+    events = b"".join(json.dumps({"event": f"{marker} {i}", "source": marker, "time": 1764064800.5}).encode() for i in range(2))
+    lines = "".join(f"{marker} {i}\n" for i in range(3)).encode()
+    query = "?" + urllib.parse.urlencode({"source": marker, "channel": marker})
+    hec = "/services/collector"
+    samples = {("POST", path): Sample(JSON, events, 200, 2) for path in (hec, f"{hec}/event", f"{hec}/event/1.0")}
+    samples.update({("POST", path): Sample("text/plain", lines, 200, 3, query) for path in (f"{hec}/raw", f"{hec}/raw/1.0")})
+    samples[("POST", f"{hec}/ack")] = Sample(JSON, b'{"acks": [0]}', 200, 0, query)
+    samples.update({("GET", path): Sample("", b"", 200, 0) for path in (f"{hec}/health", f"{hec}/health/1.0")})
+    return samples
+
+
+def _elasticsearch_samples(marker: str) -> dict[tuple[str, str], Sample]:
+    """_bulk with two events (the marker as their host), and the handshake routes, which take none."""
+    bulk = b"".join(
+        json.dumps(line).encode() + b"\n"
+        for i in range(2)
+        for line in ({"index": {"_index": "logs"}}, {"message": f"{marker} {i}", "host": marker})
+    )
+    samples = {
+        (method, path): Sample("application/x-ndjson", bulk, 200, 2)
+        for method in ("POST", "PUT")
+        for path in ("/_bulk", "/{index}/_bulk")
+    }
+    templates = [(method, path) for method in ("HEAD", "GET", "PUT") for path in ("/_template/{name}", "/_index_template/{name}")]
+    handshake = [
+        ("GET", "/"), ("HEAD", "/"), ("GET", "/_license"), ("GET", "/_cluster/health"), ("GET", "/_cat/health"),
+        ("GET", "/_nodes/http"), *templates,
+    ]
+    samples.update({route: Sample(JSON, b"{}" if route[0] == "PUT" else b"", 200, 0) for route in handshake})
+    return samples
 
 
 def test_every_ingest_route_of_every_table_has_a_sample() -> None:
@@ -151,9 +217,12 @@ async def test_every_route_answers_in_its_dialect_and_lands_exactly_its_events(
                 if route.dialect is None:
                     continue
                 marker = f"{listener}-{route.path.strip('/').replace('/', '-')}"
+                if route.method != "POST":  # a path served by two methods: a marker each
+                    marker += f"-{route.method.lower()}"
                 sample = samples(marker)[(route.method, route.path)]
-                answer = await client.post(
-                    runtime.url(listener) + route.path, content=sample.body, headers={"Content-Type": sample.content_type}
+                answer = await client.request(
+                    route.method, runtime.url(listener) + route.path + sample.query, content=sample.body,
+                    headers={"Content-Type": sample.content_type},
                 )
                 requests += 1
                 assert answer.status_code == sample.status, (listener, route.path, answer.text)
@@ -164,8 +233,10 @@ async def test_every_route_answers_in_its_dialect_and_lands_exactly_its_events(
                     assert len(ids) == sample.events
                     if route.stream == "transaction":
                         transaction_ids += ids
-                topic = _topic(runtime, route.stream)
-                expected.setdefault(topic, {})[marker] = sample.events
+                elif route.path.endswith("/_bulk"):
+                    assert [item["index"]["status"] for item in answer.json()["items"]] == [201] * sample.events
+                if sample.events:
+                    expected.setdefault(_topic(runtime, route.stream), {})[marker] = sample.events
         status = await client.get(f"{runtime.url('transaction')}/api/v1/transactions/{transaction_ids[0]}")
         assert status.status_code == 200 and status.json()["eventId"] == transaction_ids[0]
     for topic, markers in expected.items():
