@@ -12,7 +12,14 @@ single events at 64 connections, batches at 16. Events are log JSON of about 100
    ASGI callable on hypercorn-trio that parses the body with msgspec and answers 202 (requests
    per second);
 2. the gateway, ``python -m app`` as its own process: single events on 8081 and through 8080,
-   log batches of 100 and 500, transaction and metrics batches of 100, and ``--workers 2``;
+   log batches of 100 and 500, transaction and metrics batches of 100, and ``--workers 2``; beside
+   the batch of 500, the same events (or 500 samples) in the wire formats of its dialects: OTLP
+   over HTTP and gRPC, Prometheus remote_write, Elasticsearch ``_bulk``, Splunk HEC, Loki push
+   (snappy protobuf and JSON), collectd write_http, syslog over TCP and Fluentd forward (with and
+   without acks), the socket and gRPC ones driven by threads of this process
+   (scripts/bench_dialects.py builds every body); and a second gateway process in disk mode
+   (``APPLICATION_DURABILITY=disk``, a spool folder of its own under .local) for batches of 500
+   and for single events under the memory-mode open-loop row's schedule;
 3. the Strimzi Kafka Bridge 0.33.1 (Java, ``-Xmx512m``, the same producer settings): one record
    and 500 records per request. Its jars are taken from ``--bridge-lib`` (fetched with
    ``ops/kafka-bridge/pom.xml`` when empty; Maven Central does not serve the bridge, so the README
@@ -31,7 +38,7 @@ with this venv, each of its steps right after this code's: extra rows labelled w
 and a ``vs baseline`` column (CPU µs/ev and events/s, this code's over the baseline's).
 
 Prints one table, then a PASS/FAIL line per target. Bench topics (and the database schemas of
-the transaction runs) are deleted at the end, the worktree too.
+the transaction runs) are deleted at the end, the spool folders and the worktree too.
 
     .venv/bin/python scripts/bench.py [--seconds 10] [--no-bridge] [--only ROWS] [--baseline COMMIT]
 """
@@ -77,6 +84,10 @@ from app.events import decode_log  # noqa: E402
 from app.observability.tracing import request_context  # noqa: E402
 from app.runtime import hypercorn_config, profile_producer_config  # noqa: E402
 from app.streams import log_records  # noqa: E402
+from scripts.bench_dialects import (  # noqa: E402
+    AckedForwardLoad, GrpcLoad, Load, StreamLoad, collectd_body, es_bulk_body, forward_entries, forward_message,
+    hec_body, listening, loki_json_body, loki_protobuf_body, remote_write_body, syslog_frames,
+)
 from scripts.bench_otlp import otlp_body  # noqa: E402
 from scripts.bench_support import (  # noqa: E402
     ROOT, app_env, free_port, gateway_process, hey, infra_up, require_hey,
@@ -105,18 +116,30 @@ SETTLE_AT_MOST = 30.0
 PAIRED_ROUNDS = 3
 # Every row's key (what --only takes), in the table's order; "codec" is the bytes-stored rows.
 ROW_KEYS = (
-    "raw", "raw_plain", "bare", "single", "single_half", "bare_half", "tx1", "tx1_half", "single8080", "batch100",
-    "batch500", "otlp500", "tx100", "metrics100", "workers", "workers500", "bridge1", "bridge500", "codec",
+    "raw", "raw_plain", "bare", "single", "single_half", "single_half_disk", "bare_half", "tx1", "tx1_half",
+    "single8080", "batch100", "batch500", "batch500_disk", "otlp500", "otlp_grpc", "remote_write", "es_bulk", "hec",
+    "loki", "loki_json", "collectd", "syslog", "forward", "forward_ack", "tx100", "metrics100", "workers", "workers500",
+    "bridge1", "bridge500", "codec",
 )
-# An open-loop row runs at half the rate its closed-loop row reached: selecting it selects that row.
-NEEDS = {"single_half": "single", "bare_half": "single", "tx1_half": "tx1"}
+# An open-loop row runs at half the rate its closed-loop row reached: selecting it selects that row. A
+# disk-mode row is judged against its memory-mode row: selecting it selects that one (and what it needs).
+NEEDS = {
+    "single_half": "single", "bare_half": "single", "tx1_half": "tx1", "single_half_disk": "single_half",
+    "batch500_disk": "batch500",
+}
+# The rows of a second gateway process like the first but for APPLICATION_DURABILITY=disk (app/spool/).
+DISK_ROWS = frozenset({"batch500_disk", "single_half_disk"})
+# The rows of the dialects beside the native batch route (their ratio is against it): over HTTP with
+# hey, then over the socket listeners (syslog, forward) and OTLP/gRPC with the loads of bench_dialects.
+DIALECT_ROWS = ("otlp500", "otlp_grpc", "remote_write", "es_bulk", "hec", "loki", "loki_json", "collectd",
+                "syslog", "forward", "forward_ack")
 # The rows of the gateway process (transaction role, so every listener), in the order they are
 # measured: the log steps first, each open-loop row right after its closed-loop row. The transaction
 # steps leave the kernel writing PostgreSQL's and Kafka's pages back for half a minute, on the same
 # two cores. ("single" is measured first, in turn with bare hypercorn.)
 GATEWAY_ORDER = (
-    "single", "single_half", "bare_half", "single8080", "batch100", "batch500", "otlp500", "metrics100",
-    "tx1", "tx1_half", "tx100",
+    "single", "single_half", "single_half_disk", "bare_half", "single8080", "batch100", "batch500", "batch500_disk",
+    *DIALECT_ROWS, "metrics100", "tx1", "tx1_half", "tx100",
 )
 # ... and those of a second gateway process with --workers 2.
 WORKERS_ROWS = ("workers", "workers500")
@@ -128,6 +151,10 @@ OPEN_LOOP_RUNS = 3
 BRIDGE_WARM_UP = 10.0
 COMPRESSION_EVENTS = 200_000
 WORKERS_CLEARLY_MORE = 1.25
+# Disk mode against memory mode: batches of 500 at this share of the events/s or more, and single
+# events under the same open-loop schedule at most this much slower at the p99.
+DISK_BATCH_SHARE = 0.7
+DISK_P99_MORE_MS = 10.0
 LEVELS = ("INFO", "INFO", "INFO", "WARN", "ERROR", "DEBUG")
 PATHS = ("orders", "users", "carts", "payments", "search")
 
@@ -340,6 +367,85 @@ def drive(
         note=f"not {accepted}: {', '.join(refused)}" if refused else "",
         cpu_us=per_event_us(cpu_before, cpu_after, result["ok"] * per_request),
     )
+
+
+def counter_total(metrics_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of counter ``name`` (``..._total``) at ``metrics_url`` whose labels include ``labels``."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        return counter_in(response.read().decode(), name, **labels)
+
+
+def counter_in(text: str, name: str, **labels: str) -> float:
+    """:func:`counter_total` of a scrape's text."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", line)
+        if match:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+            if all(found.get(key) == value for key, value in labels.items()):
+                total += float(match[2])
+    return total
+
+
+def percentile_ms(latencies: Sequence[float], q: float = 0.99) -> float:
+    """The ``q`` quantile of latencies in seconds, in ms (nan for none)."""
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else math.nan
+
+
+def socket_row(name: str, spec: SocketStep, make_load: Callable[[], Load], server: Server, seconds: float) -> Row:
+    """A warm-up, then ``seconds`` of the load ``make_load`` builds, the same window for the server's
+    CPU and for what it took: the accepted counter of ``spec.counted`` between scrapes right around
+    the window, else the requests answered (and taken) within it, with their p99 from the send.
+    A gateway without the listener (a baseline from before it) gives a row that says so."""
+    print(f"  {name} ...", file=sys.stderr, flush=True)
+    port = server.ports[spec.port]
+    if not listening(port):
+        return Row(name, spec.per_request, note=f"n/a: nothing listens on the {spec.port} port")
+    metrics_url = server.url("application", "/metrics")
+    labels = {"service": "application", "dialect": spec.counted, "outcome": "accepted"}
+
+    def taken() -> float:
+        return counter_total(metrics_url, "gateway_ingest_events_total", **labels) if spec.counted else math.nan
+
+    load = make_load()
+    with load.running():
+        time.sleep(WARM_UP)
+        before = taken()
+        with server.sampler.running():
+            cpu_before, start = tree_cpu_seconds(server.sampler.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu_after, end = tree_cpu_seconds(server.sampler.pid), time.monotonic()
+        after = taken()
+    if spec.counted:
+        drained(taken)
+    elapsed = end - start
+    answered = load.within(start, end)
+    ok = [completion for completion in answered if completion.ok]
+    events = after - before if spec.counted else float(len(ok) * spec.per_request)
+    requests = events / spec.per_request if spec.counted else float(len(answered))
+    problems = [f"{count} x {why}" for why, count in sorted(load.refusals.items())]
+    problems += [f"a connection failed: {failure}" for failure in load.failures[:3]]
+    return Row(
+        name, spec.per_request, requests / elapsed, events / elapsed,
+        percentile_ms([completion.latency for completion in ok]), float(len(answered) - len(ok) + len(load.failures)),
+        server.sampler.peak / 2**20,
+        note=f"{spec.connections} connections" + (f"; {', '.join(problems)}" if problems else ""),
+        cpu_us=per_event_us(cpu_before, cpu_after, events),
+    )
+
+
+def drained(taken: Callable[[], float], at_most: float = 30.0) -> None:
+    """Wait (bounded) until the count stops growing: the gateway has read what its sockets held, so
+    the next step does not share the machine with the rest of this one."""
+    deadline = time.monotonic() + at_most
+    last = taken()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = taken()
+        if now == last:
+            return
+        last = now
 
 
 def producer_conf(bootstrap: str, **overrides: Any) -> dict[str, Any]:
@@ -629,14 +735,21 @@ def bridge_rows(
 
 def select_rows(only: str | None) -> tuple[str, ...]:
     """The row keys to run, in the table's order: every row, or those ``--only`` names (comma
-    separated) and the rows they need (an open-loop row's closed-loop row)."""
+    separated) and the rows they need, and theirs (an open-loop row's closed-loop row, a disk-mode
+    row's memory-mode row)."""
     if only is None:
         return ROW_KEYS
     asked = [key.strip() for key in only.split(",") if key.strip()]
     unknown = [key for key in asked if key not in ROW_KEYS]
     if unknown or not asked:
         raise ValueError(f"--only: unknown rows {', '.join(unknown) or '(none given)'}; the rows are {', '.join(ROW_KEYS)}")
-    chosen = {*asked, *(NEEDS[key] for key in asked if key in NEEDS)}
+    chosen = set(asked)
+    needing = list(asked)
+    while needing:
+        need = NEEDS.get(needing.pop())
+        if need is not None and need not in chosen:
+            chosen.add(need)
+            needing.append(need)
     return tuple(key for key in ROW_KEYS if key in chosen)
 
 
@@ -681,6 +794,11 @@ class Step:
     content_type: str = "application/json"
     accepted: str = "202"
     metrics: bool = True  # explain 503s from the listener's /metrics
+    headers: tuple[str, ...] = ()  # sent with every request, as its clients send them
+
+    def hey_args(self) -> list[str]:
+        """The connections, then ``-H`` per header."""
+        return [*self.connections, *(arg for header in self.headers for arg in ("-H", header))]
 
 
 STEPS = {
@@ -695,6 +813,35 @@ STEPS = {
     "otlp500": Step(
         "gateway, OTLP logs, 500 records, 8081", "application", "/v1/logs", "otlp500", 500, BATCH_CONNECTIONS,
         content_type="application/x-protobuf", accepted="200",
+    ),
+    "batch500_disk": Step(
+        "gateway, log batch of 500, disk mode", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS
+    ),
+    # The dialects' wire formats, 500 events a request as their clients batch them (bench_dialects builds them).
+    "remote_write": Step(
+        "gateway, remote_write, 500 samples, 8082", "infrastructure", "/api/v1/write", "remote_write", 500,
+        BATCH_CONNECTIONS, content_type="application/x-protobuf", accepted="204",
+        headers=("Content-Encoding: snappy", "X-Prometheus-Remote-Write-Version: 0.1.0"),
+    ),
+    "es_bulk": Step(
+        "gateway, Elasticsearch _bulk, 500 docs, 8081", "application", "/_bulk", "es_bulk", 500, BATCH_CONNECTIONS,
+        content_type="application/x-ndjson", accepted="200",
+    ),
+    "hec": Step(
+        "gateway, Splunk HEC, 500 events, 8081", "application", "/services/collector/event", "hec", 500,
+        BATCH_CONNECTIONS, accepted="200", headers=("Authorization: Splunk bench-token",),
+    ),
+    "loki": Step(
+        "gateway, Loki push, snappy protobuf, 500 lines", "application", "/loki/api/v1/push", "loki", 500,
+        BATCH_CONNECTIONS, content_type="application/x-protobuf", accepted="204",
+    ),
+    "loki_json": Step(
+        "gateway, Loki push, JSON, 500 lines, 8081", "application", "/loki/api/v1/push", "loki_json", 500,
+        BATCH_CONNECTIONS, accepted="204",
+    ),
+    "collectd": Step(
+        "gateway, collectd write_http, 500 values, 8082", "infrastructure", "/collectd", "collectd", 500,
+        BATCH_CONNECTIONS, accepted="200",
     ),
     "metrics100": Step(
         "gateway, metrics batch of 100, 8082", "infrastructure", "/api/v1/metrics/batch", "metrics100", 100,
@@ -717,8 +864,38 @@ STEPS = {
 # Open-loop rows: their name, and the closed-loop row at half whose rate (and on whose route) they run.
 OPEN_LOOPS = {
     "single_half": ("gateway, single, 8081, open loop at half its maximum", "single"),
+    "single_half_disk": ("gateway, single, 8081, disk mode, open loop at the same rate", "single"),
     "tx1_half": ("gateway, single transaction, open loop at half its maximum", "tx1"),
 }
+
+
+@dataclass(frozen=True)
+class SocketStep:
+    """A step over a socket listener or OTLP/gRPC: a load of bench_dialects on ``port`` (a key of
+    :attr:`Server.ports`) over ``connections`` connections, ``per_request`` events a frame, message or
+    call. ``counted``: the dialect whose ``gateway_ingest_events_total{outcome="accepted"}`` counts
+    what the gateway took (a load nothing answers); else what completed in the window is counted."""
+
+    name: str
+    port: str
+    per_request: int
+    connections: int
+    counted: str = ""
+
+
+SOCKET_CONNECTIONS = 4
+SOCKET_STEPS = {
+    "otlp_grpc": SocketStep("gateway, OTLP/gRPC logs, 500 records", "otlp-grpc", 500, 16),
+    "syslog": SocketStep(
+        "gateway, syslog TCP, octet-counted RFC 5424", "syslog", 1, SOCKET_CONNECTIONS, counted="syslog"
+    ),
+    "forward": SocketStep(
+        "gateway, forward, chunks of 500, no acks", "forward", 500, SOCKET_CONNECTIONS, counted="forward"
+    ),
+    "forward_ack": SocketStep("gateway, forward, chunks of 500, acked", "forward", 500, SOCKET_CONNECTIONS),
+}
+# The environment variable of each socket port a gateway is given (free ports) when one of its rows runs.
+SOCKET_PORTS = {"syslog": "SYSLOG_PORT", "forward": "FORWARD_PORT", "otlp-grpc": "OTLP_GRPC_PORT"}
 
 
 @dataclass
@@ -757,10 +934,36 @@ def gateway_rows(
         ]}),
     }
     bodies["otlp500"] = otlp_body(500)  # 500 log records as OTLP/HTTP protobuf, beside the JSON batches
+    # The same 500 events in the dialects' wire formats; the metrics ones, 500 samples or values of agents.
+    bodies.update({
+        "remote_write": remote_write_body(500),
+        "es_bulk": es_bulk_body(events[:500]),
+        "hec": hec_body(events[:500]),
+        "loki": loki_protobuf_body(events[:500]),
+        "loki_json": loki_json_body(events[:500]),
+        "collectd": collectd_body(500),
+    })
     files = {}
     for name, body in bodies.items():
-        files[name] = tmp / f"{name}.json"
+        files[name] = tmp / f"{name}.body"
         files[name].write_bytes(body)
+    # What the socket loads write: every event once as syslog frames, or as two forward chunks of 500.
+    syslog_payload = syslog_frames(events)
+    forward_payload = b"".join(
+        forward_message(forward_entries(events[start : start + 500]), 500) for start in range(0, len(events), 500)
+    )
+
+    def socket_load(key: str, port: int) -> Load:
+        connections = SOCKET_STEPS[key].connections
+        if key == "otlp_grpc":
+            return GrpcLoad(port, bodies["otlp500"], connections)
+        if key == "syslog":
+            return StreamLoad(port, syslog_payload, connections)
+        if key == "forward":
+            return StreamLoad(port, forward_payload, connections)
+        return AckedForwardLoad(port, forward_entries(events[:500]), 500, connections)
+
+    socket_ports = {SOCKET_STEPS[key].port for key in SOCKET_STEPS if key in selected}
     # The trees whose gateways run: this one, and the baseline's worktree with topics of its own.
     trees = [("", ROOT, prefix)] + ([(baseline.short, baseline.root, f"{prefix}-{baseline.short}")] if baseline else [])
     rows: dict[str, Row] = {}
@@ -774,12 +977,31 @@ def gateway_rows(
         }
 
     def step(server: Server, key: str) -> Row:
+        if key in SOCKET_STEPS:
+            socket_spec = SOCKET_STEPS[key]
+            port = server.ports[socket_spec.port]
+            return socket_row(
+                server.row_name(socket_spec.name), socket_spec, lambda: socket_load(key, port), server, seconds
+            )
         spec = STEPS[key]
         return drive(
             server.row_name(spec.name), server.url(spec.listener, spec.path), files[spec.body], spec.per_request,
-            spec.connections, seconds, server.sampler, content_type=spec.content_type, accepted=spec.accepted,
+            spec.hey_args(), seconds, server.sampler, content_type=spec.content_type, accepted=spec.accepted,
             metrics_url=server.url(spec.listener, "/metrics") if spec.metrics else "",
         )
+
+    def start_gateway(
+        stack: contextlib.ExitStack, label: str, root: Path, topic_prefix: str, with_sockets: bool = True, **env: str
+    ) -> Server:
+        """A gateway of every role (so every listener) with its own topics and PostgreSQL schema; with
+        ``with_sockets``, the socket and OTLP/gRPC listeners the selected rows need, on free ports."""
+        database_url = stack.enter_context(database_schema(services["DATABASE_URL"]))
+        sockets = {name: free_port() for name in socket_ports} if with_sockets else {}
+        ports, process = stack.enter_context(gateway_process(
+            "transaction", root=root, **UNLIMITED, **topics(topic_prefix), DATABASE_URL=database_url,
+            **{SOCKET_PORTS[name]: str(port) for name, port in sockets.items()}, **env,
+        ))
+        return Server({**ports, **sockets}, RssSampler(process.pid), label)
 
     def record(server: Server, key: str, row: Row) -> None:
         (based if server.label else rows)[key] = row
@@ -792,11 +1014,20 @@ def gateway_rows(
         servers: list[Server] = []
         if set(GATEWAY_ORDER) & set(selected):
             for label, root, topic_prefix in trees:
-                database_url = stack.enter_context(database_schema(services["DATABASE_URL"]))
-                ports, process = stack.enter_context(gateway_process(
-                    "transaction", root=root, **UNLIMITED, **topics(topic_prefix), DATABASE_URL=database_url
+                servers.append(start_gateway(stack, label, root, topic_prefix))
+        # The same gateway in disk mode, its own process with topics of its own and a spool folder
+        # removed once it has stopped. The folder is under .local, where the spool is kept by default
+        # (the system's temporary directory may be a tmpfs, whose fsync costs nothing).
+        disk_servers: list[Server] = []
+        if DISK_ROWS & set(selected):
+            for label, root, topic_prefix in trees:
+                (ROOT / ".local").mkdir(exist_ok=True)
+                spool = Path(tempfile.mkdtemp(prefix="bench-spool-", dir=ROOT / ".local"))
+                stack.callback(shutil.rmtree, spool, ignore_errors=True)
+                disk_servers.append(start_gateway(
+                    stack, label, root, f"{topic_prefix}-disk", with_sockets=False,
+                    APPLICATION_DURABILITY="disk", SPOOL_DIR=str(spool),
                 ))
-                servers.append(Server(ports, RssSampler(process.pid), label))
 
         def bare_step(server: Server) -> Row:
             return drive("bare ASGI on hypercorn-trio (ceiling)", server.url("bare", "/"), files["single"], 1,
@@ -822,7 +1053,7 @@ def gateway_rows(
                     bodies["single"], rows["single"].rps / 2, seconds, bare.sampler.pid,
                 )
                 continue
-            for server in servers:
+            for server in disk_servers if key in DISK_ROWS else servers:
                 if key in OPEN_LOOPS:
                     name, closed = OPEN_LOOPS[key]
                     spec = STEPS[closed]
@@ -899,8 +1130,9 @@ def median_p99(runs: list[Row]) -> Row:
 
 def assign_ratios(rows: dict[str, Row], of: dict[str, Row]) -> None:
     """The ratio column of the rows in ``of`` (this code's, or the baseline's) against this run's
-    ceilings in ``rows``; ``single`` has its own from the paired runs."""
-    raw, bare = rows.get("raw"), rows.get("bare")
+    ceilings in ``rows``, the dialect and disk-mode rows against the native batch of 500 in ``of``;
+    ``single`` has its own from the paired runs."""
+    raw, bare, batch = rows.get("raw"), rows.get("bare"), of.get("batch500")
     if "single8080" in of and bare is not None:
         of["single8080"].ratio, of["single8080"].against = ratio(of["single8080"].rps, bare.rps), "bare hypercorn (median)"
     for key in ("batch100", "batch500", "otlp500", "tx100", "metrics100", "workers500"):
@@ -908,6 +1140,11 @@ def assign_ratios(rows: dict[str, Row], of: dict[str, Row]) -> None:
             of[key].ratio, of[key].against = ratio(of[key].events, raw.events), "raw producer"
     if "workers" in of and "single" in of:
         of["workers"].ratio, of["workers"].against = ratio(of["workers"].rps, of["single"].rps), "one process, 8081"
+    # The dialects against the native batch route of the same gateway, disk mode against memory mode.
+    for key in (*DIALECT_ROWS, "batch500_disk"):
+        if key in of and batch is not None:
+            of[key].ratio = ratio(of[key].events, batch.events)
+            of[key].against = "memory mode" if key == "batch500_disk" else "native batch of 500"
 
 
 def compare_with_baseline(rows: dict[str, Row], based: dict[str, Row]) -> None:
@@ -967,6 +1204,16 @@ def targets(rows: dict[str, Row], selected: Collection[str] = ROW_KEYS) -> list[
         judge((key,), row.p99 < limit,
               f"{what} at half their maximum, open loop: p99 < {limit} ms "
               f"({row.p99:.1f} ms, median of {OPEN_LOOP_RUNS} runs{beside}{cpu_note(('gateway', row))})")
+    batch500_disk, single_half = rows.get("batch500_disk", missing), rows.get("single_half", missing)
+    single_half_disk = rows.get("single_half_disk", missing)
+    judge(("batch500_disk", "batch500"), batch500_disk.events >= DISK_BATCH_SHARE * batch500.events,
+          f"disk mode, log batch of 500 >= {DISK_BATCH_SHARE} x memory mode "
+          f"({ratio(batch500_disk.events, batch500.events):.2f} x: {batch500_disk.events:,.0f} against "
+          f"{batch500.events:,.0f}{cpu_note(('disk', batch500_disk), ('memory', batch500))})")
+    judge(("single_half_disk", "single_half"), single_half_disk.p99 <= single_half.p99 + DISK_P99_MORE_MS,
+          f"disk mode, single events open loop: p99 <= memory mode's + {DISK_P99_MORE_MS:g} ms at the same rate "
+          f"({single_half_disk.p99:.1f} ms against {single_half.p99:.1f} ms, medians of {OPEN_LOOP_RUNS} runs"
+          f"{cpu_note(('disk', single_half_disk), ('memory', single_half))})")
     if BASELINE_ROWS & set(selected):
         lines.append(f"{verdict(gateway_rss < 256)}  gateway peak RSS < 256 MB ({gateway_rss:.0f} MB, largest process)")
     return lines
