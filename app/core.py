@@ -239,5 +239,8 @@ class NoTracer:
 
 def sized(records: Sequence[Record]) -> int:
     """The bytes a stream's bound counts for ``records``: keys and values."""
-    return sum(len(record.key) + len(record.value) for record in records)
+    size = 0
+    for record in records:
+        size += len(record.key) + len(record.value)
+    return size
 

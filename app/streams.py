@@ -21,7 +21,8 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from app import events
-from app.core import Acknowledgement, Headers, Outcome, Record, Refusal, Sink, Span
+from app.core import Acknowledgement, Headers, Outcome, Record, Refusal, Sink, Span, sized
+from app.config import Settings
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted as Committed
 from app.db.outbox import IdempotencyConflict, OutboxEntry, RetryableConflict
@@ -160,7 +161,7 @@ class ChannelStream:
         if self._spool is not None:
             check_event_sizes(records, self._max_event_bytes)
             with span.child("spool commit", len(records)):
-                await self._spool.append(records, _size(records))
+                await self._spool.append(records, sized(records))
         else:
             self.send(records, span)
         return Accepted(event_ids, acknowledgement=acknowledgement)
@@ -168,7 +169,7 @@ class ChannelStream:
     def send(self, records: list[Record], span: Span) -> None:
         """Hand the records to the profile; 413 or 503 (with Retry-After) when they cannot be taken."""
         check_event_sizes(records, self._max_event_bytes)
-        outcome = span.enqueue(self.profile, records, _size(records))
+        outcome = span.enqueue(self.profile, records, sized(records))
         if outcome is Outcome.ACCEPTED:
             return
         profile = self.profile
@@ -187,11 +188,12 @@ class ChannelStream:
         raise Refusal(503, "shutting down", "this instance is shutting down", headers={"Retry-After": self._retry_after})
 
 
-def _size(records: list[Record]) -> int:
-    size = 0
-    for record in records:
-        size += len(record.key) + len(record.value)
-    return size
+def channel_stream(settings: Settings, profile: ProfileSink, build: RecordBuilder, spool: Spooler | None) -> ChannelStream:
+    """A log or metrics stream with the settings' Retry-After and event size bound."""
+    return ChannelStream(
+        profile, build, retry_after_seconds=settings.retry_after_seconds, max_event_bytes=settings.max_event_bytes,
+        spool=spool,
+    )
 
 
 class TransactionStream:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from app.config import Settings
 from app.dialects import es_bulk, es_handshake, hec, httphandler, loki, native, otlp
 from app.http.routes import Route
-from app.streams import ChannelStream, ProfileSink, Spooler, log_records
+from app.streams import ChannelStream, ProfileSink, Spooler, channel_stream, log_records
 
 NAME = "application"
 
@@ -53,8 +53,5 @@ ROUTES = (
 
 
 def stream(settings: Settings, profile: ProfileSink, spool: Spooler | None = None) -> ChannelStream:
-    return ChannelStream(
-        profile, log_records, retry_after_seconds=settings.retry_after_seconds,
-        max_event_bytes=settings.max_event_bytes, spool=spool,
-    )
+    return channel_stream(settings, profile, log_records, spool)
 

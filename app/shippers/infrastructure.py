@@ -12,7 +12,7 @@ from __future__ import annotations
 from app.config import Settings
 from app.dialects import collectd, native, otlp, remote_write
 from app.http.routes import Route
-from app.streams import ChannelStream, ProfileSink, Spooler, metric_records
+from app.streams import ChannelStream, ProfileSink, Spooler, channel_stream, metric_records
 
 NAME = "infrastructure"
 
@@ -26,7 +26,4 @@ ROUTES = (
 
 
 def stream(settings: Settings, profile: ProfileSink, spool: Spooler | None = None) -> ChannelStream:
-    return ChannelStream(
-        profile, metric_records, retry_after_seconds=settings.retry_after_seconds,
-        max_event_bytes=settings.max_event_bytes, spool=spool,
-    )
+    return channel_stream(settings, profile, metric_records, spool)

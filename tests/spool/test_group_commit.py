@@ -37,16 +37,23 @@ def records(count: int, size: int = 100) -> list[Record]:
     return [Record(b"k", b"v" * size, [("event-id", str(i).encode())]) for i in range(count)]
 
 
+def away_spool(
+    tmp_path: Path, *, max_bytes: int, drop_oldest: bool = False, retry_after: int = 1
+) -> tuple[Spool, Metrics]:
+    metrics = Metrics()
+    spool = Spool(
+        Store(tmp_path, "application"), Away(), metrics, max_bytes=max_bytes, min_free_bytes=0,
+        drop_oldest=drop_oldest, retry_after_seconds=retry_after,
+    )
+    return spool, metrics
+
+
 def sample(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name, {"service": "application"}) or 0.0
 
 
 async def test_requests_that_arrive_together_share_one_fsync(tmp_path: Path) -> None:
-    metrics = Metrics()
-    spool = Spool(
-        Store(tmp_path, "application"), Away(), metrics, max_bytes=10**9, min_free_bytes=0, drop_oldest=False,
-        retry_after_seconds=1,
-    )
+    spool, metrics = away_spool(tmp_path, max_bytes=10**9)
     async with trio.open_nursery() as nursery:
         await nursery.start(spool.run)
         async with trio.open_nursery() as clients:
@@ -59,11 +66,7 @@ async def test_requests_that_arrive_together_share_one_fsync(tmp_path: Path) -> 
 
 
 async def test_a_full_spool_refuses_with_retry_after(tmp_path: Path) -> None:
-    metrics = Metrics()
-    spool = Spool(
-        Store(tmp_path, "application"), Away(), metrics, max_bytes=50 * 101, min_free_bytes=0, drop_oldest=False,
-        retry_after_seconds=3,
-    )
+    spool, _ = away_spool(tmp_path, max_bytes=50 * 101, retry_after=3)
     async with trio.open_nursery() as nursery:
         await nursery.start(spool.run)
         for _ in range(5):
@@ -76,11 +79,7 @@ async def test_a_full_spool_refuses_with_retry_after(tmp_path: Path) -> None:
 
 
 async def test_a_full_spool_set_to_drop_oldest_drops_and_counts_them(tmp_path: Path) -> None:
-    metrics = Metrics()
-    spool = Spool(
-        Store(tmp_path, "application"), Away(), metrics, max_bytes=50 * 101, min_free_bytes=0, drop_oldest=True,
-        retry_after_seconds=1,
-    )
+    spool, metrics = away_spool(tmp_path, max_bytes=50 * 101, drop_oldest=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(spool.run)
         for _ in range(8):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -13,54 +11,44 @@ import pytest
 import trio
 
 from app.config import Settings, load_settings
-from app.runtime import Runtime, profile_producer_config, run
+from app.runtime import Runtime, profile_producer_config
 from app.spool.store import Store
-from tests.conftest import wait_ready
 from tests.kafka_reader import KafkaReader
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def disk_settings(gateway_env: dict[str, str], tmp_path: Path) -> Settings:
+def settings(gateway_env: dict[str, str], tmp_path: Path) -> Settings:
+    """The conftest's gateway, with a disk-mode application stream."""
     return load_settings({**gateway_env, "APPLICATION_DURABILITY": "disk", "SPOOL_DIR": str(tmp_path / "spool")})
 
 
-@pytest.fixture
-async def disk_gateway(disk_settings: Settings) -> AsyncIterator[Runtime]:
-    async with trio.open_nursery() as nursery:
-        runtime: Runtime = await nursery.start(partial(run, disk_settings, handle_signals=False))
-        for listener in runtime.addresses:
-            await wait_ready(runtime.url(listener))
-        yield runtime
-        runtime.shutdown()
-
-
-def test_a_disk_stream_produces_with_acks_all_and_idempotence(disk_settings: Settings) -> None:
-    config = profile_producer_config(disk_settings, "application")
+def test_a_disk_stream_produces_with_acks_all_and_idempotence(settings: Settings) -> None:
+    config = profile_producer_config(settings, "application")
     assert (config["acks"], config["enable.idempotence"]) == ("all", True)
-    memory = dataclasses.replace(disk_settings, application=dataclasses.replace(disk_settings.application, durability="memory"))
+    memory = dataclasses.replace(settings, application=dataclasses.replace(settings.application, durability="memory"))
     assert profile_producer_config(memory, "application")["acks"] == "1"
 
 
 async def test_accepted_batches_are_spooled_then_delivered_and_the_spool_empties(
-    disk_gateway: Runtime, kafka: KafkaReader
+    gateway: Runtime, kafka: KafkaReader
 ) -> None:
     ids: list[str] = []
-    async with httpx.AsyncClient(base_url=disk_gateway.url("application")) as client:
+    async with httpx.AsyncClient(base_url=gateway.url("application")) as client:
         for batch in range(5):
             logs = [{"source": f"s{i % 3}", "level": "INFO", "message": f"{batch}-{i}"} for i in range(100)]
             answer = await client.post("/api/v1/logs/batch", json={"logs": logs})
             assert answer.status_code == 202, answer.text
             ids += answer.json()["eventIds"]
-    records = await kafka.read(disk_gateway.profiles["application"].topic, count=500, settle=1.0)
+    records = await kafka.read(gateway.profiles["application"].topic, count=500, settle=1.0)
     assert sorted(r.headers["event-id"].decode() for r in records) == sorted(ids)
-    spool = disk_gateway.spools["application"]
+    spool = gateway.spools["application"]
     with trio.fail_after(10):
         while spool.events:
             await trio.sleep(0.05)
     assert spool.bytes == 0
-    store = Store(Path(disk_gateway.settings.spool_directory), "application")
+    store = Store(Path(gateway.settings.spool_directory), "application")
     store.open()
     try:
         assert list(store.rows()) == []
@@ -69,10 +57,10 @@ async def test_accepted_batches_are_spooled_then_delivered_and_the_spool_empties
 
 
 async def test_each_key_reaches_kafka_in_the_order_its_events_were_accepted(
-    disk_gateway: Runtime, kafka: KafkaReader
+    gateway: Runtime, kafka: KafkaReader
 ) -> None:
     sent = 0
-    async with httpx.AsyncClient(base_url=disk_gateway.url("application")) as client:
+    async with httpx.AsyncClient(base_url=gateway.url("application")) as client:
         async with trio.open_nursery() as nursery:
             # Four clients at once, so that appends are grouped and interleave in the spool.
             async def post(worker: int) -> None:
@@ -87,7 +75,7 @@ async def test_each_key_reaches_kafka_in_the_order_its_events_were_accepted(
 
             for worker in range(4):
                 nursery.start_soon(post, worker)
-    records = await kafka.read(disk_gateway.profiles["application"].topic, count=sent, settle=1.0)
+    records = await kafka.read(gateway.profiles["application"].topic, count=sent, settle=1.0)
     assert len(records) == sent
     for key in {r.key for r in records}:
         of_key = [r for r in records if r.key == key]
