@@ -13,11 +13,12 @@ the gateway as a real process; each test bounded in time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -168,6 +169,18 @@ async def post_until_refused(client: httpx.AsyncClient, accepted: set[str], *, s
     raise AssertionError(f"{limit} batches accepted, none refused")
 
 
+@contextlib.asynccontextmanager
+async def kafka_away(kafka: PrivateKafka, gateway: GatewayProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """Kafka stopped, the gateway started, a client on its application listener; Kafka back afterwards."""
+    await trio.to_thread.run_sync(kafka.down)
+    try:
+        await start(gateway)
+        async with httpx.AsyncClient(base_url=gateway.url("application"), timeout=10) as client:
+            yield client
+    finally:
+        await trio.to_thread.run_sync(kafka.up)
+
+
 async def delivered(kafka: PrivateKafka, topic: str, accepted: set[str]) -> list[str]:
     records = await KafkaReader(kafka.bootstrap_servers).read(
         topic, until=lambda rs: accepted <= {r.headers["event-id"].decode() for r in rs}, timeout=120, settle=1.0
@@ -187,19 +200,14 @@ async def test_an_outage_ten_times_the_memory_bound_is_ridden_out_on_disk(
     gateway = GatewayProcess(env, log_path=str(tmp_path / "gateway.log"))
     accepted: set[str] = set()
     with trio.fail_after(300):
-        await trio.to_thread.run_sync(private_kafka.down)
-        try:
-            await start(gateway)
-            async with httpx.AsyncClient(base_url=gateway.url("application"), timeout=10) as client:
-                refused = await post_until_refused(client, accepted, size=100, limit=200)
-                assert len(accepted) >= 10 * memory_bound, (len(accepted), refused.text)
-                assert refused.status_code == 503 and refused.json()["error"] == "spool full", refused.text
-                assert int(refused.headers["Retry-After"]) >= 1
-                # The same again: still no room while Kafka is away.
-                again = await post_until_refused(client, accepted, size=100, limit=1)
-                assert again.status_code == 503 and again.json()["error"] == "spool full"
-        finally:
-            await trio.to_thread.run_sync(private_kafka.up)
+        async with kafka_away(private_kafka, gateway) as client:
+            refused = await post_until_refused(client, accepted, size=100, limit=200)
+            assert len(accepted) >= 10 * memory_bound, (len(accepted), refused.text)
+            assert refused.status_code == 503 and refused.json()["error"] == "spool full", refused.text
+            assert int(refused.headers["Retry-After"]) >= 1
+            # The same again: still no room while Kafka is away.
+            again = await post_until_refused(client, accepted, size=100, limit=1)
+            assert again.status_code == 503 and again.json()["error"] == "spool full"
         ids = await delivered(private_kafka, env["APPLICATION_TOPIC"], accepted)
         await gateway.stop()
     assert accepted <= set(ids), f"{len(accepted - set(ids))} accepted events missing"
@@ -235,28 +243,23 @@ async def test_a_full_disk_is_a_503_then_202_again_once_space_returns_and_nothin
     gateway = GatewayProcess(env, log_path=str(tmp_path / "gateway.log"))
     accepted: set[str] = set()
     with trio.fail_after(300):
-        await trio.to_thread.run_sync(private_kafka.down)
-        try:
-            await start(gateway)
-            async with httpx.AsyncClient(base_url=gateway.url("application"), timeout=10) as client:
-                refused = await post_until_refused(client, accepted, size=200, limit=2000)
-                assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
-                assert refused.json()["error"] == "spool write failed", refused.text
-                ready = await client.get("/ready")
-                assert ready.status_code == 503 and "spool" in ready.text, ready.text
-                assert (await client.get("/health")).status_code == 200  # alive: it never exits for this
-                filler.unlink()
-                with trio.fail_after(30):
-                    while True:
-                        answer = await client.post(
-                            "/api/v1/logs/batch", json={"logs": [{"source": "after", "level": "INFO", "message": "m"}]}
-                        )
-                        if answer.status_code == 202:
-                            accepted.update(answer.json()["eventIds"])
-                            break
-                        await trio.sleep(0.2)
-        finally:
-            await trio.to_thread.run_sync(private_kafka.up)
+        async with kafka_away(private_kafka, gateway) as client:
+            refused = await post_until_refused(client, accepted, size=200, limit=2000)
+            assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+            assert refused.json()["error"] == "spool write failed", refused.text
+            ready = await client.get("/ready")
+            assert ready.status_code == 503 and "spool" in ready.text, ready.text
+            assert (await client.get("/health")).status_code == 200  # alive: it never exits for this
+            filler.unlink()
+            with trio.fail_after(30):
+                while True:
+                    answer = await client.post(
+                        "/api/v1/logs/batch", json={"logs": [{"source": "after", "level": "INFO", "message": "m"}]}
+                    )
+                    if answer.status_code == 202:
+                        accepted.update(answer.json()["eventIds"])
+                        break
+                    await trio.sleep(0.2)
         ids = await delivered(private_kafka, env["APPLICATION_TOPIC"], accepted)
         await gateway.stop()
     assert accepted <= set(ids), f"{len(accepted - set(ids))} accepted events missing"
