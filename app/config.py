@@ -200,6 +200,8 @@ class Settings:
     syslog_max_message_bytes: int = 64 * KIB
     syslog_max_connections: int = 1024
     syslog_idle_timeout: float = 600 * SECONDS
+    # The topic syslog records go to (created like the others, with its .dlq); empty: the application stream's topic.
+    syslog_topic: str = ""
     # The Fluentd forward protocol over TCP (0 turns it off); with a shared key, its HELO/PING/PONG handshake.
     forward_port: int = 24224
     forward_shared_key: str = ""
