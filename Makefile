@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INFRA := $(PYTHON) scripts/infra.py
+# The protobuf modules the remote_write and Loki dialects import: compiled by scripts/protos.py from the
+# upstream .proto files ops/proto/upstream.toml pins (downloaded once into .local/protos/), never committed.
+PROTOS := app/proto/prometheus/remote_pb2.py app/proto/prometheus/types_pb2.py app/proto/loki/push_pb2.py \
+	app/proto/gogoproto/gogo_pb2.py
 
-.PHONY: run test deps venv layers infra-up infra-up-3 infra-down infra-status kafka-tool drill typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
+.PHONY: run test deps venv protos layers infra-up infra-up-3 infra-down infra-status kafka-tool drill typecheck unit clean bench-transactions bench-overload bench-infrastructure bench-scaleout bench fuzz
 
 ## run: set up, start the local Kafka and PostgreSQL unless configured elsewhere, run the gateway
 run: deps venv
@@ -34,13 +38,19 @@ layers: venv
 deps:
 	@bash .ci/install-system-deps.sh
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(PROTOS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+## protos: compile app/proto from the upstream .proto files (make venv does it when they are missing or out of date)
+protos: $(PROTOS)
+
+$(PROTOS) &: ops/proto/upstream.toml scripts/protos.py $(VENV)/.installed
+	$(PY) scripts/protos.py
 
 ## infra-up: start the single-node Kafka, PostgreSQL and Prometheus (idempotent); prints the settings they serve
 infra-up: deps
@@ -92,4 +102,4 @@ bench-scaleout: venv
 	$(PY) scripts/bench_scaleout.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache *.egg-info $(sort $(dir $(PROTOS)))

@@ -36,7 +36,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from app.proto.loki.push_pb2 import EntryAdapter, PushRequest, StreamAdapter
-from app.proto.prometheus.remote_write_pb2 import Label, Sample, TimeSeries, WriteRequest
+from app.proto.prometheus.remote_pb2 import WriteRequest
+from app.proto.prometheus.types_pb2 import Label, Sample, TimeSeries
 
 # When the bench's events happened: 2025-11-25T10:00:00Z, a millisecond apart.
 START = dt.datetime(2025, 11, 25, 10, 0, tzinfo=dt.timezone.utc)

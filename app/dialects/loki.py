@@ -6,7 +6,8 @@ Two encodings, as Loki takes them:
 - JSON (``Content-Type: application/json``, gzip allowed as ``Content-Encoding``):
   ``{"streams": [{"stream": {labels}, "values": [["<ns timestamp>", "<line>", {metadata}?], ...]}]}``;
 - protobuf (``application/x-protobuf``, or no Content-Type): a ``logproto.PushRequest``
-  (:mod:`app.proto.loki.push_pb2`, generated from ops/proto/loki/push.proto) compressed as a snappy block
+  (:mod:`app.proto.loki.push_pb2`, compiled at build time by scripts/protos.py from Loki's own
+  push.proto, module github.com/grafana/loki/pkg/push) compressed as a snappy block
   without a ``Content-Encoding`` header (one saying ``snappy`` is taken too); its stream labels are
   a label selector string (``{app="api", level="info"}``), parsed by ``promql-parser``.
 

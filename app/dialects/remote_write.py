@@ -1,5 +1,8 @@
 """Prometheus remote_write 1.0 (``POST /api/v1/write``): a snappy-compressed protobuf ``WriteRequest``.
 
+The messages are Prometheus' own (prompb/remote.proto and prompb/types.proto, package
+``prometheus``), compiled into :mod:`app.proto.prometheus` by scripts/protos.py at build time.
+
 Each float sample becomes one metric event: ``metric`` is the series' ``__name__``, ``labels``
 its other labels (``instance`` and ``job`` included), ``value`` and ``timestamp`` (milliseconds
 to UTC) the sample's. ``host`` is the first of the labels ``host``, ``hostname``, ``instance``
@@ -9,7 +12,11 @@ scraped from.
 - Staleness markers (the NaN Prometheus writes when a series disappears) and other NaN or
   infinite samples carry no value the infrastructure stream takes: they are skipped, counted in
   ``gateway_ingest_skipped_values_total{dialect="remote_write",reason="stale"|"non_finite"}``.
-- A request of metadata only (or of series without samples) is answered 204 and adds nothing.
+- A request of metadata only (``WriteRequest.metadata``, or series without samples) is answered
+  204 and adds nothing.
+- Native histograms (``TimeSeries.histograms``, decoded as the ``Histogram`` messages they are)
+  are not mapped: their sparse buckets have no metric event to become, and taking a series'
+  float samples while dropping its histograms would lose data silently.
 - A series carrying native histograms, more than 64 labels besides ``__name__``, a label over
   its size (as :class:`app.events.MetricIn` bounds them), no ``__name__`` or a label twice is
   refused: 400, its text naming the series. Prometheus does not retry a 4xx but for 429, so such
@@ -39,7 +46,8 @@ from google.protobuf.message import DecodeError
 from app import compression, events
 from app.core import Refusal
 from app.dialects.base import Accepted, Answer, Decoded, Limits, Request, bearer_or_basic
-from app.proto.prometheus.remote_write_pb2 import TimeSeries, WriteRequest
+from app.proto.prometheus.remote_pb2 import WriteRequest
+from app.proto.prometheus.types_pb2 import TimeSeries
 
 PROTOBUF: Final = "application/x-protobuf"
 TEXT: Final = "text/plain; charset=utf-8"
@@ -114,7 +122,11 @@ def decode_write_request(body: bytes, limits: Limits, *, compressed: bool = True
     MetricIn, timedelta = events.MetricIn, dt.timedelta
     for series in request.timeseries:
         if series.histograms:
-            raise _invalid(series, "native histograms are not taken (send_native_histograms: false)")
+            raise _invalid(
+                series,
+                f"native histograms are not taken ({len(series.histograms)} in this series):"
+                " set send_native_histograms: false",
+            )
         if not series.samples:
             continue
         shared = _series_event(series)

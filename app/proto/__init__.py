@@ -1,1 +1,2 @@
-"""Generated protobuf modules (scripts/generate-protos.sh); they import nothing of the project."""
+"""Protobuf modules compiled by scripts/protos.py from the upstream .proto files ops/proto/upstream.toml
+pins (``make venv`` runs it); only this file is committed. They import nothing of the project."""

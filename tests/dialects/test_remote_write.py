@@ -15,10 +15,16 @@ from app import events
 from app.core import Refusal
 from app.dialects.base import Accepted, Limits, Request
 from app.dialects.remote_write import REMOTE_WRITE, SAMPLES_WRITTEN, decode_write_request
-from app.proto.prometheus.remote_write_pb2 import Histogram, Label, Sample, TimeSeries, WriteRequest
+from app.proto.prometheus.remote_pb2 import WriteRequest
+from app.proto.prometheus.types_pb2 import BucketSpan, Histogram, Label, MetricMetadata, Sample, TimeSeries
 
 LIMITS = Limits(max_events=10_000, max_decompressed_bytes=1 << 20)
 STALE = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+# A native histogram sample as Prometheus writes one: three observations, in the bucket (0.5, 1].
+HISTOGRAM = Histogram(
+    count_int=3, sum=2.25, schema=0, zero_threshold=1e-128, positive_spans=[BucketSpan(offset=0, length=1)],
+    positive_deltas=[3], reset_hint=Histogram.NO, timestamp=1_764_064_800_000,
+)
 
 
 def series(name: str | None, samples: list[tuple[float, int]], **labels: str) -> TimeSeries:
@@ -85,8 +91,10 @@ def test_staleness_markers_and_other_non_finite_samples_are_skipped_and_counted(
 
 
 def test_metadata_only_and_empty_requests_hold_no_event() -> None:
-    # Field 3, the metric metadata Prometheus sends apart from samples, is not declared: it is skipped.
-    metadata = b"\x1a\x0a" + b"\x10\x01\x12\x02up\x22\x02hi"
+    # The metric metadata Prometheus sends apart from samples (metadata_config.send): read, nothing to take.
+    up = MetricMetadata(type=MetricMetadata.GAUGE, metric_family_name="up", help="1 if the target is up", unit="")
+    metadata = WriteRequest(metadata=[up]).SerializeToString()
+    assert WriteRequest.FromString(metadata).metadata[0].metric_family_name == "up"
     for body in (b"", metadata, WriteRequest(timeseries=[series("m", [], job="j")]).SerializeToString()):
         assert decode_write_request(body, LIMITS, compressed=False).events == []
 
@@ -101,7 +109,9 @@ def test_metadata_only_and_empty_requests_hold_no_event() -> None:
         (series("m" * 256, [(1, 0)], job="j"), "length <= 255"),
         (series("m", [(1, 0)], instance="i" * 256), "length <= 255"),
         (series("m", [(1, 2**62)], job="j"), "out of range"),
-        (TimeSeries(labels=[Label(name="__name__", value="h")], histograms=[Histogram()]), "native histograms"),
+        (TimeSeries(labels=[Label(name="__name__", value="h")], histograms=[HISTOGRAM]), "native histograms"),
+        (TimeSeries(labels=[Label(name="__name__", value="h")], samples=[Sample(value=1)], histograms=[Histogram()]),
+         "native histograms"),
         (TimeSeries(labels=[Label(name="__name__", value="m"), Label(name="a", value="1"), Label(name="a", value="2")],
                     samples=[Sample(value=1)]), "appears twice"),
     ],
@@ -177,7 +187,7 @@ timeseries = st.builds(
     lambda named, labels, samples, histograms: TimeSeries(
         labels=[Label(name=k, value=v) for k, v in ([("__name__", "m")] if named else []) + labels],
         samples=[Sample(value=v, timestamp=t) for v, t in samples],
-        histograms=[Histogram() for _ in range(histograms)],
+        histograms=[HISTOGRAM for _ in range(histograms)],
     ),
     st.booleans(),
     st.lists(st.tuples(texts, texts), max_size=5),

@@ -31,7 +31,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from app.proto.loki.push_pb2 import PushRequest
-from app.proto.prometheus.remote_write_pb2 import Label, Sample, TimeSeries, WriteRequest
+from app.proto.prometheus.remote_pb2 import WriteRequest
+from app.proto.prometheus.types_pb2 import Label, Sample, TimeSeries
 from app.runtime import listener_routes
 from tests.conftest import Infra
 from tests.kafka_reader import KafkaReader

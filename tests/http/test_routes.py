@@ -27,7 +27,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberData
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from app.config import load_settings
-from app.proto.prometheus.remote_write_pb2 import Label, Sample as RemoteWriteSample, TimeSeries, WriteRequest
+from app.proto.prometheus.remote_pb2 import WriteRequest
+from app.proto.prometheus.types_pb2 import Label, Sample as RemoteWriteSample, TimeSeries
 from app.runtime import LISTENERS, Runtime, listener_routes, run
 from tests.conftest import wait_ready
 from tests.kafka_reader import KafkaReader

@@ -1,1 +1,0 @@
-"""Generated from ops/proto/loki/ by scripts/generate-protos.sh."""

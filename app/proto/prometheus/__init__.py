@@ -1,1 +1,0 @@
-"""Generated from ops/proto/prometheus/ by scripts/generate-protos.sh."""
