@@ -30,6 +30,11 @@ unit: venv
 typecheck: venv
 	$(PY) -m mypy
 
+## docs: write docs/configuration.md from the declaration of the settings in app/config.py
+.PHONY: docs
+docs: venv
+	$(PY) scripts/config_doc.py
+
 ## layers: the import-linter contracts of pyproject.toml (layers, adapters, no import cycles)
 layers: venv
 	$(VENV)/bin/lint-imports

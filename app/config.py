@@ -125,8 +125,9 @@ class ProfileSettings:
         Durability,
         about(
             "`memory`: 202 once in the buffer above; `disk`: 202 once fsynced in the stream's spool, which then "
-            "feeds the buffer (acks=all and idempotence forced on); see \"What a 202 means\". Transactions are "
-            "always durable, in the outbox: only `memory` is accepted for them"
+            "feeds the buffer (acks=all and idempotence forced on); see "
+            "[What a 202 means](guarantees.md#what-a-202-means). "
+            "Transactions are always durable, in the outbox: only `memory` is accepted for them"
         ),
     ] = "memory"
     spool_bytes: Annotated[
@@ -189,7 +190,9 @@ class Settings:
         about("the listeners this process hosts (`--role` on the command line)"),
     ] = "gateway,application,infrastructure,transaction"
     workers: Annotated[
-        int, Meta(ge=1, le=256), about("copies of the process serving the same ports (`--workers`; see \"Scaling\")")
+        int,
+        Meta(ge=1, le=256),
+        about("copies of the process serving the same ports (`--workers`; see [Scaling](operations.md#scaling))"),
     ] = 1
     reuse_port: Annotated[
         bool, about("bind the listeners with `SO_REUSEPORT` (set by `--workers` for its copies)")
@@ -275,7 +278,7 @@ class Settings:
         Interval,
         about(
             "seconds between two readings of the consumer lag of the groups that read the gateway's topics "
-            "(`kafka_consumergroup_lag`, see \"Consumer lag\"); 0 turns it off"
+            "(`kafka_consumergroup_lag`, see [Consumer lag](monitoring.md#consumer-lag)); 0 turns it off"
         ),
     ] = 15 * SECONDS
     lag_groups: Annotated[
@@ -387,7 +390,7 @@ class Settings:
         about(
             "API keys as `name:key[:events_per_second[:subject]]`, comma-separated; setting any turns authentication "
             "on; a subject (`CN=agent-1`, `DNS:agent-1.example`) binds a client certificate to the key "
-            "(see \"Security\")"
+            "(see [Security](security.md))"
         ),
     ] = ""
     api_keys_file: Annotated[
@@ -476,7 +479,7 @@ class Settings:
         about(
             "PEM certificate (chain) of the listeners: when set with the key below, TLS 1.2+ (HTTP/2 through ALPN) on "
             "those in `TLS_LISTENERS`; syslog over TLS serves it too unless `SYSLOG_TLS_CERT_FILE` is set "
-            "(see \"Security\")"
+            "(see [Security](security.md))"
         ),
     ] = ""
     tls_key_file: Annotated[
@@ -536,7 +539,7 @@ class Settings:
         str,
         about(
             "an OTLP/HTTP collector's base URL (e.g. `http://127.0.0.1:4318`): spans of ingest requests go to its "
-            "`/v1/traces` (see \"Tracing\")"
+            "`/v1/traces` (see [Tracing](monitoring.md#tracing))"
         ),
     ] = ""
     otel_exporter_otlp_traces_endpoint: Annotated[
