@@ -24,12 +24,22 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench_support import gateway, hey, require_hey  # noqa: E402
 
-UNLIMITED = {"INFRASTRUCTURE_RATE_LIMIT": "0", "APPLICATION_RATE_LIMIT": "0"}
+
+
+class Unlimited(TypedDict):
+    """Settings passed as ``**UNLIMITED``: their keys typed apart, so none can stand for ``gateway``'s ``root``."""
+
+    INFRASTRUCTURE_RATE_LIMIT: str
+    APPLICATION_RATE_LIMIT: str
+
+
+UNLIMITED: Unlimited = {"INFRASTRUCTURE_RATE_LIMIT": "0", "APPLICATION_RATE_LIMIT": "0"}
 SAMPLE = {"host": "web-1", "metric": "system.cpu.utilization", "value": 42.5, "unit": "percent", "labels": {"cpu": "0"}}
 
 

@@ -21,13 +21,23 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench_support import ROOT, free_port, gateway, hey, require_hey, wait_ready  # noqa: E402
 
 LOG = json.dumps({"source": "bench", "level": "INFO", "message": "x" * 60})
-UNLIMITED = {"APPLICATION_RATE_LIMIT": "0", "COLLECTOR_INTERVAL": "0"}
+
+
+class Unlimited(TypedDict):
+    """Settings passed as ``**UNLIMITED``: their keys typed apart, so none can stand for ``gateway``'s ``root``."""
+
+    APPLICATION_RATE_LIMIT: str
+    COLLECTOR_INTERVAL: str
+
+
+UNLIMITED: Unlimited = {"APPLICATION_RATE_LIMIT": "0", "COLLECTOR_INTERVAL": "0"}
 
 
 @contextlib.contextmanager
@@ -36,7 +46,7 @@ def shippers_behind_gateway(count: int) -> Iterator[int]:
     with gateway("application", "--no-postgres", args=["--role", "application"], **UNLIMITED) as first:
         others: list[subprocess.Popen[bytes]] = []
         urls = [f"http://127.0.0.1:{first['application']}"]
-        env = {**os.environ, "LOG_LEVEL": "WARNING", **UNLIMITED}
+        env = dict(os.environ, LOG_LEVEL="WARNING", **UNLIMITED)
         try:
             for _ in range(count - 1):
                 port = free_port()

@@ -44,10 +44,10 @@ import psycopg
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
-import localinfra  # noqa: E402
-from localinfra.settings import Settings as InfraSettings  # noqa: E402
+from scripts import localinfra  # noqa: E402
+from scripts.localinfra.settings import Settings as InfraSettings  # noqa: E402
 
 DEFAULT_INFRA_DIR = ROOT / ".local" / "drill"
 DEFAULT_KAFKA_PORT_BASE = "19392"
@@ -212,7 +212,7 @@ async def running(gateway: Gateway) -> AsyncIterator[Gateway]:
 
 async def metric(client: httpx.AsyncClient, url: str, name: str, **tags: str) -> dict[str, float]:
     """The measurements of an actuator metric, as the reference design's runbook reads it."""
-    params = [("tag", f"{key}:{value}") for key, value in tags.items()]
+    params = tuple(("tag", f"{key}:{value}") for key, value in tags.items())
     answer = await client.get(f"{url}/actuator/metrics/{name}", params=params)
     answer.raise_for_status()
     return {m["statistic"]: float(m["value"]) for m in answer.json()["measurements"]}
@@ -257,7 +257,7 @@ def read_event_ids(
             for message in consumer.consume(num_messages=5000, timeout=0.2):
                 if message.error() is None:
                     event_id = dict(message.headers() or []).get("event-id")
-                    if event_id is not None:
+                    if isinstance(event_id, bytes):  # consumed headers' values are bytes
                         seen[event_id.decode()] += 1
     finally:
         consumer.close()

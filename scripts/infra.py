@@ -71,7 +71,7 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from localinfra.cli import main
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from scripts.localinfra.cli import main
 
     sys.exit(main())

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path.insert(0, str(ROOT))
 
 from app.config import SettingsError, load_settings  # noqa: E402
 from app.kafka.connection import connection_config  # noqa: E402
-from localinfra import jars  # noqa: E402
-from localinfra.kafka import java  # noqa: E402
-from localinfra.settings import InfraError, Settings  # noqa: E402
+from scripts.localinfra import jars  # noqa: E402
+from scripts.localinfra.kafka import java  # noqa: E402
+from scripts.localinfra.settings import InfraError, Settings  # noqa: E402
 
 TOOLS_LOG4J = ROOT / "ops" / "kafka" / "tools-log4j2.yaml"
 # A tool's JVM: small and quick to start, as kafka-run-class.sh starts them.

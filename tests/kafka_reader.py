@@ -20,6 +20,23 @@ class ConsumedRecord:
     value: bytes
     headers: dict[str, bytes]
 
+    @classmethod
+    def of(cls, msg: confluent_kafka.Message) -> ConsumedRecord:
+        """The record of a message consumed without error: librdkafka gives it a topic, partition, offset and
+        value (the gateway writes no tombstones), and headers as (name, bytes) pairs."""
+        topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
+        if topic is None or partition is None or offset is None or value is None:
+            raise RuntimeError(f"a consumed record lacks its topic, partition, offset or value: {msg!r}")
+        pairs = msg.headers() or []
+        if isinstance(pairs, dict):  # the type produce() takes too; consume() gives a list
+            pairs = list(pairs.items())
+        headers: dict[str, bytes] = {}
+        for name, header in pairs:
+            if not isinstance(header, bytes):
+                raise RuntimeError(f"a consumed record's header {name!r} has no bytes value: {header!r}")
+            headers[name] = header
+        return cls(topic=topic, partition=partition, offset=offset, key=msg.key(), value=value, headers=headers)
+
 
 class KafkaReader:
     def __init__(self, bootstrap_servers: str, config: dict[str, str] | None = None) -> None:
@@ -69,16 +86,7 @@ class KafkaReader:
                         ):
                             continue
                         raise RuntimeError(f"consuming {topic}: {error}")
-                    records.append(
-                        ConsumedRecord(
-                            topic=msg.topic(),
-                            partition=msg.partition(),
-                            offset=msg.offset(),
-                            key=msg.key(),
-                            value=msg.value(),
-                            headers={k: v for k, v in (msg.headers() or [])},
-                        )
-                    )
+                    records.append(ConsumedRecord.of(msg))
         finally:
             consumer.close()
         return records

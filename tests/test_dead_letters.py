@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import secrets
 
-import confluent_kafka
 import httpx
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from app.runtime import Runtime
 from tests.kafka_reader import KafkaReader
@@ -22,7 +27,7 @@ async def test_a_record_too_large_for_its_topic_lands_in_the_dead_letter_topic_w
     topic = gateway.settings.application.topic
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     resource = ConfigResource(
-        confluent_kafka.admin.ResourceType.TOPIC,
+        ResourceType.TOPIC,
         topic,
         incremental_configs=[ConfigEntry("max.message.bytes", "2000", incremental_operation=AlterConfigOpType.SET)],
     )

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,7 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -70,7 +70,7 @@ def target(runtime: Runtime) -> str:
 def export_logs(*bodies: str | None, service: str = "svc") -> ExportLogsServiceRequest:
     records = []
     for body in bodies:
-        record = LogRecord(severity_number=9, time_unix_nano=1_764_064_800_000_000_000)
+        record = LogRecord(severity_number=SeverityNumber.SEVERITY_NUMBER_INFO, time_unix_nano=1_764_064_800_000_000_000)
         if body is not None:
             record.body.string_value = body
         records.append(record)
@@ -150,10 +150,11 @@ async def test_the_sdk_grpc_exporters_over_mutual_tls_with_the_certificate_as_th
 
         def call_without_a_certificate() -> grpc.StatusCode:
             with grpc.secure_channel(target(runtime), grpc.ssl_channel_credentials(pki.ca_file.read_bytes())) as channel:
+                stub = LogsServiceStub(channel)  # type: ignore[no-untyped-call]  # protoc's gRPC module is untyped
                 try:
-                    LogsServiceStub(channel).Export(export_logs("no certificate"), timeout=5)
+                    stub.Export(export_logs("no certificate"), timeout=5)
                 except grpc.RpcError as error:
-                    return error.code()  # type: ignore[no-any-return]
+                    return error.code()
             return grpc.StatusCode.OK
 
         assert await trio.to_thread.run_sync(call_without_a_certificate) == grpc.StatusCode.UNAVAILABLE
@@ -165,20 +166,20 @@ async def test_the_sdk_grpc_exporters_over_mutual_tls_with_the_certificate_as_th
 
 def refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, str, float | None]:
     """A refused call's code, message and the retry delay its status details carry."""
-    trailing = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+    trailing = dict(error.trailing_metadata())
     delay = None
     if "grpc-status-details-bin" in trailing:
         status = Status.FromString(trailing["grpc-status-details-bin"])
-        assert status.code == error.code().value[0]  # type: ignore[attr-defined]
+        assert status.code == error.code().value[0]
         for detail in status.details:
             info = RetryInfo()
             assert detail.Unpack(info)
             delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
             assert RetryInfo.FromString(trailing["google.rpc.retryinfo-bin"]) == info
-    return error.code(), error.details(), delay  # type: ignore[attr-defined]
+    return error.code(), error.details(), delay
 
 
-def calls(address: str, requests: list[tuple[bytes, list[tuple[str, str]], grpc.Compression]]) -> list[Any]:
+def calls(address: str, requests: Sequence[tuple[bytes, Sequence[tuple[str, str]], grpc.Compression]]) -> list[Any]:
     """Each raw export (bytes, metadata, compression): its ExportLogsServiceResponse or its refusal."""
     answers: list[Any] = []
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:

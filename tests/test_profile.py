@@ -149,12 +149,19 @@ async def test_refused_records_go_to_the_dead_letter_topic_with_the_error() -> N
 
 
 @pytest.mark.parametrize(("value", "opens"), [(b"bad", False), (b"late", True)])
-async def test_only_failures_that_speak_of_kafka_open_the_breaker(value: bytes, opens: bool) -> None:
+async def test_only_failures_that_speak_of_kafka_open_the_breaker(
+    value: bytes, opens: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = FakeProducer()
     profile, _ = make_profile(fake)
     trips: list[str] = []
     trip = profile.breaker.trip
-    profile.breaker.trip = lambda reason: (trips.append(reason), trip(reason))[1]  # type: ignore[method-assign]
+
+    def recorded_trip(reason: str) -> None:
+        trips.append(reason)
+        trip(reason)
+
+    monkeypatch.setattr(profile.breaker, "trip", recorded_trip)
     async with trio.open_nursery() as nursery:
         await nursery.start(profile.run)
         records = [record(value) for _ in range(12)]

@@ -256,7 +256,7 @@ def test_a_malformed_line_refuses_the_whole_request(body: bytes, kind: str) -> N
 
 
 def test_more_actions_than_the_limit_is_a_413() -> None:
-    body = ndjson(*[line for _ in range(4) for line in ({"index": {}}, {"message": "m"})])
+    body = ndjson(*[{"index": {}}, {"message": "m"}] * 4)
     assert len(es_bulk.POST.decode(body, request(index="i"), Limits(4)).events) == 4
     with pytest.raises(es_bulk.ElasticError) as refused:
         es_bulk.POST.decode(body, request(index="i"), Limits(3))

@@ -149,7 +149,7 @@ def test_levels_messages_and_metadata() -> None:
     assert logs[0].timestamp is not None and logs[0].timestamp.isoformat() == "2025-11-25T10:00:00.250000+00:00"
 
 
-lines = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20), max_size=8)
+lines = st.lists(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20), max_size=8)
 line_breaks = st.sampled_from(["\n", "\r\n", "\r", "\n\n"])
 
 

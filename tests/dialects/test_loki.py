@@ -39,7 +39,7 @@ class Stream:
     entries: list[Entry]
 
 
-texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+texts = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
 label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True) | st.sampled_from(
     ["service_name", "app", "job", "service", "logger", "level", "severity", "detected_level"]
 )

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import cramjam
 import httpx
@@ -21,6 +22,7 @@ import psutil
 import psycopg
 import pytest
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.rpc.status_pb2 import Status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -344,25 +346,34 @@ def otlp_answer(target: Target, route: str, payload: bytes, headers: dict[str, s
         assert status.code != 0 and status.message
         return
     # Taken: every record (or point) of the request but those the answer counts as rejected.
-    signal = "logs" if route == "/v1/logs" else "metrics"
-    request_type = ExportLogsServiceRequest if signal == "logs" else ExportMetricsServiceRequest
-    response_type = ExportLogsServiceResponse if signal == "logs" else ExportMetricsServiceResponse
     data = gzip.decompress(payload) if headers.get("Content-Encoding") == "gzip" else payload
-    if protobuf:
-        request, answer = request_type.FromString(data), response_type.FromString(response.content)
+    answer = response.content if protobuf else response.content or b"{}"
+    if route == "/v1/logs":
+        logs = otlp_message(ExportLogsServiceRequest, data, protobuf, ignore_unknown_fields=True)
+        sent = sum(len(scope.log_records) for resource in logs.resource_logs for scope in resource.scope_logs)
+        rejected = otlp_message(ExportLogsServiceResponse, answer, protobuf).partial_success.rejected_log_records
+        target.otlp_logs += sent - rejected
     else:
-        request = json_format.Parse(data, request_type(), ignore_unknown_fields=True)
-        answer = json_format.Parse(response.content or b"{}", response_type())
-    if signal == "logs":
-        sent = sum(len(scope.log_records) for resource in request.resource_logs for scope in resource.scope_logs)
-        target.otlp_logs += sent - answer.partial_success.rejected_log_records
-    else:
+        metrics = otlp_message(ExportMetricsServiceRequest, data, protobuf, ignore_unknown_fields=True)
         sent = sum(
-            len(getattr(metric, metric.WhichOneof("data")).data_points)
-            for resource in request.resource_metrics for scope in resource.scope_metrics for metric in scope.metrics
-            if metric.WhichOneof("data")
+            len(getattr(metric, kind).data_points)
+            for resource in metrics.resource_metrics for scope in resource.scope_metrics for metric in scope.metrics
+            if (kind := metric.WhichOneof("data")) is not None
         )
-        target.otlp_metrics += sent - answer.partial_success.rejected_data_points
+        rejected = otlp_message(ExportMetricsServiceResponse, answer, protobuf).partial_success.rejected_data_points
+        target.otlp_metrics += sent - rejected
+
+
+AnyMessage = TypeVar("AnyMessage", bound=Message)
+
+
+def otlp_message(
+    message: type[AnyMessage], content: bytes, protobuf: bool, *, ignore_unknown_fields: bool = False
+) -> AnyMessage:
+    """``content`` read as ``message``: protobuf, or OTLP's JSON."""
+    if protobuf:
+        return message.FromString(content)
+    return json_format.Parse(content, message(), ignore_unknown_fields=ignore_unknown_fields)
 
 
 def elastic_answer(target: Target, response: httpx.Response) -> None:
@@ -501,6 +512,7 @@ def invalid_utf8_requests() -> Iterator[tuple[str, str, bytes]]:
             if route in OTLP_ROUTES:
                 # Protobuf has no keys to spoil: only the string values whose field exists.
                 message = ExportLogsServiceRequest() if route == "/v1/logs" else ExportMetricsServiceRequest()
+                assert isinstance(bad, dict), bad
                 encoded = json_format.ParseDict(bad, message, ignore_unknown_fields=True).SerializeToString()
                 if BAD.encode() in encoded:
                     # The two bytes of BAD become the two invalid ones: the lengths in the protobuf stay right.
@@ -513,10 +525,10 @@ def invalid_utf8_requests() -> Iterator[tuple[str, str, bytes]]:
         else:
             yield route, "text/plain", b"first line\nsecond @@ line\n".replace(BAD.encode(), b"\xff\xfe")
             yield route + "?source=%FF%FE", "text/plain", b"a line"
-    for labels, line, metadata in [('{service_name="@@"}', "m", ("k", "v")), ('{app="a"}', "m @@", ("k", "v")),
-                                   ('{app="a"}', "m", ("@@", "v")), ('{app="a"}', "m", ("k", "@@"))]:
+    for selector, text, metadata in [('{service_name="@@"}', "m", ("k", "v")), ('{app="a"}', "m @@", ("k", "v")),
+                                     ('{app="a"}', "m", ("@@", "v")), ('{app="a"}', "m", ("k", "@@"))]:
         push = PushRequest()
-        entry = push.streams.add(labels=labels).entries.add(line=line)
+        entry = push.streams.add(labels=selector).entries.add(line=text)
         entry.structuredMetadata.add(name=metadata[0], value=metadata[1])
         encoded = push.SerializeToString().replace(BAD.encode(), b"\xff\xfe")
         yield "/loki/api/v1/push", "application/x-protobuf", bytes(cramjam.snappy.compress_raw(encoded))
@@ -537,9 +549,9 @@ def invalid_utf8_requests() -> Iterator[tuple[str, str, bytes]]:
                 yield route, "application/x-ndjson", body.replace(BAD.encode(), b"\xff\xfe")
     form = {"name": "n", "msg": "m %s", "args": "('a',)", "levelname": "INFO", "pathname": "p", "funcName": "f"}
     for field in form:
-        encoded = urllib.parse.urlencode({**form, field: BAD})  # BAD as %40%40
-        yield "/api/v1/logs/python", "application/x-www-form-urlencoded", encoded.replace("%40%40", "%FF%FE").encode()
-        yield "/api/v1/logs/python", "application/x-www-form-urlencoded", encoded.encode().replace(b"%40%40", b"\xff\xfe")
+        query = urllib.parse.urlencode({**form, field: BAD})  # BAD as %40%40
+        yield "/api/v1/logs/python", "application/x-www-form-urlencoded", query.replace("%40%40", "%FF%FE").encode()
+        yield "/api/v1/logs/python", "application/x-www-form-urlencoded", query.encode().replace(b"%40%40", b"\xff\xfe")
 
 
 def test_invalid_utf8_in_any_field_of_any_route_is_a_400_in_its_dialect(target: Target) -> None:

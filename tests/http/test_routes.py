@@ -22,7 +22,7 @@ import trio
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
@@ -62,7 +62,10 @@ def _resource(host: str) -> Resource:
 
 
 def _otlp_logs(marker: str) -> bytes:
-    records = [LogRecord(severity_number=9, time_unix_nano=1_764_064_800_000_000_000 + i) for i in range(2)]
+    records = [
+        LogRecord(severity_number=SeverityNumber.SEVERITY_NUMBER_INFO, time_unix_nano=1_764_064_800_000_000_000 + i)
+        for i in range(2)
+    ]
     for index, record in enumerate(records):
         record.body.string_value = f"{marker} {index}"
     request = ExportLogsServiceRequest(
@@ -191,7 +194,7 @@ async def traced(
         env = dict(gateway_env)
         if request.param:
             receiver = Receiver()
-            [url] = await nursery.start(partial(hypercorn.trio.serve, receiver, receiver_config()))  # type: ignore[arg-type]
+            [url] = await nursery.start(partial(hypercorn.trio.serve, receiver, receiver_config()))
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
         runtime: Runtime = await nursery.start(partial(run, load_settings(env), handle_signals=False))
         for listener in runtime.addresses:
@@ -244,6 +247,7 @@ async def test_every_route_answers_in_its_dialect_and_lands_exactly_its_events(
         records = await kafka.read(topic, count=sum(markers.values()), settle=1.0, timeout=60)
         keys: dict[str, int] = {}
         for record in records:
+            assert record.key is not None, record
             keys[record.key.decode()] = keys.get(record.key.decode(), 0) + 1
         assert keys == markers, topic
     if receiver is not None:

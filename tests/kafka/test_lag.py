@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import confluent_kafka
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 
 from app.kafka.errors import KafkaUnavailable
 from app.kafka.lag import LagReader, PartitionLag

@@ -8,12 +8,17 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import httpx
 import pytest
 import trio
 import trio.testing
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from app.core import Record
 from app.kafka.producer import Failure
@@ -74,7 +79,7 @@ async def test_a_dead_letter_refused_for_good_is_logged_as_lost(caplog: pytest.L
 
 
 def max_message_bytes(admin: AdminClient, topic: str) -> str:
-    resource = ConfigResource(confluent_kafka.admin.ResourceType.TOPIC, topic)
+    resource = ConfigResource(ResourceType.TOPIC, topic)
     [configs] = [future.result(timeout=10) for future in admin.describe_configs([resource]).values()]
     return str(configs["max.message.bytes"].value)
 
@@ -102,7 +107,7 @@ async def test_the_process_logs_json_lines_and_a_dead_letter_names_its_event(
         await gateway.start("application")
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
         resource = ConfigResource(
-            confluent_kafka.admin.ResourceType.TOPIC, topic,
+            ResourceType.TOPIC, topic,
             incremental_configs=[ConfigEntry("max.message.bytes", "2000", incremental_operation=AlterConfigOpType.SET)],
         )
         for future in admin.incremental_alter_configs([resource]).values():

@@ -12,18 +12,18 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import confluent_kafka
-import confluent_kafka.admin
 import httpx
 import hypercorn.config
 import hypercorn.trio
 import pytest
 import trio
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -32,6 +32,7 @@ from app.observability import otel
 from app.observability.tracing import request_context
 from app.runtime import Runtime, run
 from tests.conftest import ROOT, Infra, wait_ready
+from tests.kafka_reader import ConsumedRecord
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ class Receiver:
         self.spans: list[Exported] = []
         self.paths: list[str] = []
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -108,9 +109,9 @@ def receiver_config() -> hypercorn.config.Config:
 
 def create_topic(bootstrap_servers: str, topic: str) -> None:
     """The topic before the gateway makes it: the broker's append time as record timestamps, small records only."""
-    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     config = {"message.timestamp.type": "LogAppendTime", "max.message.bytes": "2000"}
-    spec = confluent_kafka.admin.NewTopic(topic, 3, config=config)
+    spec = NewTopic(topic, 3, config=config)
     admin.create_topics([spec])[topic].result(timeout=30)
 
 
@@ -180,7 +181,7 @@ async def test_request_enqueue_and_deliver_spans_match_the_kafka_record_and_the_
         outer.cancel_scope.cancel()
 
     assert set(receiver.paths) == {"/v1/traces"}
-    headers = dict(message.headers() or [])
+    headers = ConsumedRecord.of(message).headers
     span_id = response.headers["traceparent"].split("-")[2]
     assert response.headers["traceparent"] == f"00-{CALLER_TRACE}-{span_id}-01"
 

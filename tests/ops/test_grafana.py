@@ -103,7 +103,7 @@ def scraped_jobs() -> set[str]:
 
 def job_matchers(expr: str) -> list[tuple[promql_parser.MatchOp, str]]:
     """The ``job`` label matchers of an expression's selectors."""
-    found = []
+    found: list[tuple[promql_parser.MatchOp, str]] = []
 
     def visit(node: promql_parser.Expr) -> None:
         if isinstance(node, promql_parser.VectorSelector):  # a range's selector is visited too

@@ -55,7 +55,8 @@ async def test_a_commit_wakes_the_waiting_relay_at_once(autojump_clock: trio.tes
         nursery.start_soon(relay)
         await trio.sleep(1)
         backlog.committed(1)
-    assert woken == [(True, pytest.approx(1))]
+    [(committed, at)] = woken
+    assert committed and at == pytest.approx(1)
 
 
 async def test_a_commit_made_before_the_wait_began_is_not_missed(autojump_clock: trio.testing.MockClock) -> None:

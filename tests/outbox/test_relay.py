@@ -142,7 +142,8 @@ async def test_crash_inside_an_open_transaction_is_aborted_and_published_again(
     zombie.init_transactions(10)
     zombie.begin_transaction()
     for row in store.pending(prepared, 10):
-        zombie.produce(row.topic, row.payload, row.key, headers=row.headers)
+        headers: list[tuple[str, str | bytes | None]] = list(row.headers)
+        zombie.produce(row.topic, row.payload, row.key, headers=headers)
     assert zombie.flush(10) == 0  # written to the log, never committed: the process dies here.
 
     await run_relay_until_published(settings, prepared)

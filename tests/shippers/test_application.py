@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_seed_batch_of_three_lands_in_kafka_keyed_by_source(gateway: Runtime, kafka: KafkaReader) -> None:
-    body = {
+    body: dict[str, list[dict[str, Any]]] = {
         "logs": [
             {"source": "app-1", "level": "INFO", "message": "Msg 1"},
             {"source": "app-2", "level": "WARN", "message": "Msg 2"},

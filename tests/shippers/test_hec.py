@@ -15,11 +15,16 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-import confluent_kafka
 import httpx
 import pytest
 import trio
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 from splunk_handler import SplunkHandler
 
 from app.config import load_settings
@@ -161,7 +166,7 @@ async def small_topic_gateway(gateway: Runtime, kafka: KafkaReader) -> AsyncIter
     is refused by the broker for good, so its request is never acknowledged."""
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     resource = ConfigResource(
-        confluent_kafka.admin.ResourceType.TOPIC,
+        ResourceType.TOPIC,
         gateway.settings.application.topic,
         incremental_configs=[ConfigEntry("max.message.bytes", "2000", incremental_operation=AlterConfigOpType.SET)],
     )

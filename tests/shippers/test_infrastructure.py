@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import httpx
 import psutil
@@ -36,7 +37,7 @@ async def collecting_gateway(settings: Settings) -> AsyncIterator[Runtime]:
         runtime.shutdown()
 
 
-def samples(records: list[ConsumedRecord]) -> list[dict[str, object]]:
+def samples(records: list[ConsumedRecord]) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records]
 
 
@@ -75,7 +76,9 @@ async def test_the_collector_ships_every_sensor_keyed_by_host(collecting_gateway
     cpu_total = [s for s in shipped if s["metric"] == "system.cpu.utilization" and s["labels"] == {"cpu": "total"}]
     assert cpu_total and all(0 <= float(s["value"]) <= 100 for s in cpu_total)
     per_cpu = {s["labels"]["cpu"] for s in shipped if s["metric"] == "system.cpu.utilization"} - {"total"}
-    assert per_cpu == {str(n) for n in range(psutil.cpu_count())}
+    cpus = psutil.cpu_count()
+    assert cpus is not None, "psutil counts this machine's CPUs"
+    assert per_cpu == {str(n) for n in range(cpus)}
 
 
 async def test_failing_and_slow_sensors_are_skipped_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Gauge,
     Histogram,
@@ -69,7 +69,12 @@ def unique(prefix: str) -> str:
 
 
 def export_logs(body: str | None = "hello", *, service: str = "svc", trace_id: bytes = b"", span_id: bytes = b"") -> bytes:
-    record = LogRecord(severity_number=13, time_unix_nano=1_764_064_800_123_456_789, trace_id=trace_id, span_id=span_id)
+    record = LogRecord(
+        severity_number=SeverityNumber.SEVERITY_NUMBER_WARN,
+        time_unix_nano=1_764_064_800_123_456_789,
+        trace_id=trace_id,
+        span_id=span_id,
+    )
     if body is not None:
         record.body.string_value = body
     resource = ProtoResource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))])
