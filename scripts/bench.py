@@ -90,7 +90,7 @@ from scripts.bench_dialects import (  # noqa: E402
 )
 from scripts.bench_otlp import otlp_body  # noqa: E402
 from scripts.bench_support import (  # noqa: E402
-    ROOT, app_env, free_port, gateway_process, hey, infra_up, require_hey,
+    ROOT, app_env, free_port, gateway_process, hey, infra_up, percentile, require_hey,
 )
 from scripts.httpload import open_loop, request_bytes  # noqa: E402
 
@@ -387,12 +387,6 @@ def counter_in(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def percentile_ms(latencies: Sequence[float], q: float = 0.99) -> float:
-    """The ``q`` quantile of latencies in seconds, in ms (nan for none)."""
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else math.nan
-
-
 def socket_row(name: str, spec: SocketStep, make_load: Callable[[], Load], server: Server, seconds: float) -> Row:
     """A warm-up, then ``seconds`` of the load ``make_load`` builds, the same window for the server's
     CPU and for what it took: the accepted counter of ``spec.counted`` between scrapes right around
@@ -428,7 +422,7 @@ def socket_row(name: str, spec: SocketStep, make_load: Callable[[], Load], serve
     problems += [f"a connection failed: {failure}" for failure in load.failures[:3]]
     return Row(
         name, spec.per_request, requests / elapsed, events / elapsed,
-        percentile_ms([completion.latency for completion in ok]), float(len(answered) - len(ok) + len(load.failures)),
+        1000 * percentile([completion.latency for completion in ok], 0.99), float(len(answered) - len(ok) + len(load.failures)),
         server.sampler.peak / 2**20,
         note=f"{spec.connections} connections" + (f"; {', '.join(problems)}" if problems else ""),
         cpu_us=per_event_us(cpu_before, cpu_after, events),

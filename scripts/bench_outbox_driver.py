@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.db import outbox as store  # noqa: E402
 from app.db.database import apply_migrations  # noqa: E402
+from scripts.bench_support import percentile  # noqa: E402
 
 PAYLOAD = b'{"eventId":"6a34718f-6872-458c-87f0-8856cba5e556","userId":"user-1","type":"PAYMENT","amount":"99.99","currency":"USD"}'
 HEADERS = '[["event-id","6a34718f-6872-458c-87f0-8856cba5e556"]]'
@@ -117,10 +117,6 @@ async def bench_asyncio(url: str, concurrency: int, rows: int, seconds: float) -
             await trio_asyncio.aio_as_trio(conn.close)()
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=1000)[int(q * 10) - 1] if len(values) > 1 else values[0]
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -141,7 +137,7 @@ async def main() -> None:
                     rate, latencies = await bench(url, concurrency, rows, args.seconds)
                     print(
                         f"{name:<30}{concurrency:>8}{rows:>9}{rate:>10.0f}"
-                        f"{percentile(latencies, 50) * 1e3:>11.2f}{percentile(latencies, 99) * 1e3:>11.2f}",
+                        f"{percentile(latencies, 0.5) * 1e3:>11.2f}{percentile(latencies, 0.99) * 1e3:>11.2f}",
                         flush=True,
                     )
     finally:

@@ -20,13 +20,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_support import gateway  # noqa: E402
+from scripts.bench_support import gateway, percentile  # noqa: E402
 from scripts.httpload import Answer, open_loop, request_bytes  # noqa: E402
-
-
-def percentile(latencies: list[float], q: float) -> float:
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else float("nan")
 
 
 async def measure(port: int, rate: float, seconds: float) -> list[Answer]:
@@ -48,7 +43,7 @@ def main() -> int:
             rows = []
             for rate in (args.limit / 2, 2 * args.limit):
                 answers = trio.run(measure, port, rate, args.seconds)
-                accepted = [a.latency for a in answers if a.status == 202]
+                accepted = [1000 * a.latency for a in answers if a.status == 202]  # ms
                 rows.append((rate, accepted, sum(a.status == 429 for a in answers)))
                 trio.run(trio.sleep, 2.0)  # the bucket refills
             base = percentile(rows[0][1], 0.99)

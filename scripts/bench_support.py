@@ -1,8 +1,10 @@
-"""What the benchmarks share: the local infrastructure, and a gateway process on free ports."""
+"""What the benchmarks share: the local infrastructure, a gateway process on free ports, and the one
+percentile every benchmark reports."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +21,19 @@ LISTENERS = ("gateway", "application", "infrastructure", "transaction")
 # The syslog and forward socket listeners stay off unless a bench gives them ports: on their default
 # ports, two gateways at once (a baseline beside this code, or another engineer's) would collide.
 SOCKETS_OFF = {"SYSLOG_PORT": "0", "FORWARD_PORT": "0", "OTLP_GRPC_PORT": "0"}
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of ``values`` (q from 0 to 1: 0.99 for p99): the smallest value with
+    at least a share ``q`` of them at or below it. Always a value measured, never one interpolated
+    between two; any order; NaN for no values, so a table shows the gap instead of a run stopping."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"a quantile is from 0 to 1, not {q}")
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = math.ceil(round(q * len(ordered), 6))  # the rounding undoes float error: 0.07 * 100 is 7.000000000000001
+    return ordered[max(rank, 1) - 1]
 
 
 def free_port() -> int:

@@ -48,6 +48,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.bench_support import percentile  # noqa: E402
 from scripts.httpload import TRANSPORT_ERRORS, Pool, request_bytes, send_times  # noqa: E402
 
 # The streams, each with the topic the gateway writes it to by default.
@@ -94,14 +95,6 @@ def parse_mix(text: str) -> dict[str, float]:
     if not any(mix.values()):
         raise ValueError("at least one weight must be above 0")
     return {name: weight for name, weight in mix.items() if weight > 0}
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values: the smallest value with a share ``q`` of them at or below it."""
-    if not ordered:
-        raise ValueError("no values")
-    rank = math.ceil(round(q * len(ordered), 6))  # the rounding undoes float error: 0.07 * 100 is 7.000000000000001
-    return ordered[min(max(rank, 1), len(ordered)) - 1]
 
 
 def latency_summary(latencies: Sequence[float]) -> dict[str, float] | None:

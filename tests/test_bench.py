@@ -16,11 +16,14 @@ import time
 import urllib.request
 from collections import namedtuple
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.dialects import collectd, es_bulk, forward, hec, loki, remote_write, syslog
 from app.dialects.base import JSON, Limits, Request
@@ -193,6 +196,39 @@ def test_refusals_are_explained_by_the_gateway_metrics(monkeypatch: pytest.Monke
     monkeypatch.setattr(bench, "hey", lambda *args: answer)
     row = bench.drive("batch", "http://x/", Path("body"), 500, [], 1.0, metrics_url="http://x/metrics")
     assert row.note == "not 202: 10 x 503, events refused (application full: 5000)"
+
+
+# -- the percentile every benchmark reports --------------------------------------------------------
+
+
+def test_the_percentile_of_a_known_series_is_its_nearest_rank_in_any_order() -> None:
+    series = [float(i) for i in range(1, 1001)]
+    random.Random(17).shuffle(series)
+    percentile = bench_support.percentile
+    assert [percentile(series, q) for q in (0.5, 0.9, 0.99, 0.999, 1.0)] == [500, 900, 990, 999, 1000]
+    assert [percentile([4.0, 1.0, 3.0, 2.0], q) for q in (0, 0.25, 0.26, 0.5, 0.51, 0.99, 1)] == [1, 1, 2, 2, 3, 4, 4]
+    # Of 100 values p99 is the 99th, not the largest; 0.07 * 100 is 7.000000000000001, and p7 still the 7th.
+    assert (percentile(range(1, 101), 0.99), percentile(range(1, 101), 0.07)) == (99, 7)
+
+
+def test_the_percentile_of_one_value_is_that_value_and_of_none_is_nan() -> None:
+    assert {bench_support.percentile([7.5], q) for q in (0, 0.5, 0.99, 1.0)} == {7.5}
+    assert math.isnan(bench_support.percentile([], 0.99))
+    assert math.isnan(bench_support.percentile(iter([]), 0.5))
+
+
+@pytest.mark.parametrize("q", [99, 1.01, -0.5, math.nan])
+def test_a_percentile_outside_0_to_1_is_refused(q: float) -> None:
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        bench_support.percentile([1.0, 2.0], q)
+
+
+@given(st.lists(st.floats(0, 1e6), min_size=1, max_size=3000), st.sampled_from(["0.5", "0.9", "0.99", "0.999", "1"]))
+def test_the_percentile_is_the_smallest_value_with_a_share_q_at_or_below_it(values: list[float], q: str) -> None:
+    value = bench_support.percentile(values, float(q))
+    assert value in values
+    assert sum(v <= value for v in values) >= Fraction(q) * len(values)
+    assert sum(v < value for v in values) < Fraction(q) * len(values)
 
 
 # -- CPU per accepted event ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import trio
 
-from scripts.loadgen import percentile
+from scripts.bench_support import percentile
 from tests.conftest import PrivateKafka
 from tests.kafka_reader import KafkaReader
 from tests.processes import GatewayProcess

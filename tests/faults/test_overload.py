@@ -11,8 +11,8 @@ import json
 import pytest
 import trio
 
+from scripts.bench_support import percentile
 from scripts.httpload import open_loop, request_bytes
-from scripts.loadgen import percentile
 from tests.processes import GatewayProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
