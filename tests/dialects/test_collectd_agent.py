@@ -37,7 +37,7 @@ Event = tuple[str, str, tuple[tuple[str, str], ...], dt.datetime, str]
 
 
 def collectd_config(directory: Path, host: str, url: str) -> str:
-    """collectd.conf: load, memory and cpu every second, to write_http (the README's snippet) and csv."""
+    """collectd.conf: load, memory and cpu every second, to write_http (docs/agents.md's snippet) and csv."""
     return f"""
 Hostname "{host}"
 FQDNLookup false

@@ -39,7 +39,7 @@ PENDING = "prometheus_remote_storage_samples_pending"
 
 
 def remote_write(url: str) -> list[dict[str, Any]]:
-    """The remote_write section the README shows, aimed at ``url``, with a queue that sends at once."""
+    """The remote_write section docs/agents.md shows, aimed at ``url``, with a queue that sends at once."""
     return [
         {
             "url": url,
@@ -67,14 +67,14 @@ def agent_config(url: str, jobs: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n### {title}\n")
+def agents_section(title: str) -> str:
+    text = (ROOT / "docs" / "agents.md").read_text()
+    start = text.index(f"\n## {title}\n")
     return text[start : text.index("\n#", start + 1)]
 
 
-def test_the_readme_shows_the_remote_write_configuration_the_agent_runs_with() -> None:
-    section = readme_section("Prometheus (agent mode or server) remote_write")
+def test_the_agents_page_shows_the_remote_write_configuration_the_agent_runs_with() -> None:
+    section = agents_section("Prometheus (agent mode or server) remote_write")
     shown = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
     assert shown == {"remote_write": remote_write("http://gateway:8082/api/v1/write")}
 

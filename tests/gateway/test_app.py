@@ -47,7 +47,7 @@ async def test_a_batch_reaches_each_sources_partition_in_the_order_sent(gateway:
     """The events of one request are produced in the order of the body, each source's on its partition.
 
     That is the order there is for logs: with acks=1, retries and no idempotence, a produce request
-    the broker fails and librdkafka sends again can land behind a later one (the README says so).
+    the broker fails and librdkafka sends again can land behind a later one (docs/guarantees.md says so).
     The broker here fails none.
     """
     sources = ("checkout", "search", "billing")
