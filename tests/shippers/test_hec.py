@@ -40,7 +40,7 @@ def unique(prefix: str) -> str:
 
 
 def splunk_handler(runtime: Runtime, listener: str, source: str, **options: Any) -> SplunkHandler:
-    """The handler as the README configures it: plain HTTP to the gateway, any token while keys are off."""
+    """The handler as docs/agents.md configures it: plain HTTP to the gateway, any token while keys are off."""
     host, port = runtime.url(listener).removeprefix("http://").rsplit(":", 1)
     return SplunkHandler(
         host=host, port=int(port), protocol="http", verify=False, token="any-token", index="main",
