@@ -74,7 +74,7 @@ import msgspec
 import psutil
 import psycopg
 import trio
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -382,7 +382,7 @@ class GrpcLoad(Load):
         )
 
     def connection(self, stopped: Callable[[], bool]) -> None:
-        stub = logs_service_pb2_grpc.LogsServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        stub = logs_service_pb2_grpc.LogsServiceStub(self.channel)  # type: ignore[no-untyped-call]  # protoc's, untyped
         while not stopped():
             started = time.monotonic()
             try:

@@ -122,7 +122,10 @@ def hey(
         ["hey", "-z", f"{seconds}s", "-m", "POST", "-T", content_type, "-D", body_file, *extra, url],
         check=True, capture_output=True, text=True,
     ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"hey printed no Requests/sec:\n{out}")
+    result = {"rps": float(rps.group(1))}
     for q in ("50", "99"):
         match = re.search(rf"{q}% in ([\d.]+) secs", out)
         result[f"p{q}"] = float(match.group(1)) * 1000 if match else float("nan")

@@ -61,8 +61,9 @@ def test_the_header_decides_and_the_certificate_stands_in_without_one() -> None:
     keys = load_api_keys(load_settings({"API_KEYS": "agent::0:CN=agent-1,team:team-secret"}), clock)
     admission = Admission("application", Metrics(), rate_limit=0, burst=10, api_keys=keys, clock=clock)
     agent = frozenset({"CN=agent-1"})
-    assert admission.authenticate(None, agent).name == "agent"  # type: ignore[union-attr]
-    assert admission.authenticate("Bearer team-secret", agent).name == "team"  # type: ignore[union-attr]
+    by_certificate, by_header = admission.authenticate(None, agent), admission.authenticate("Bearer team-secret", agent)
+    assert by_certificate is not None and by_certificate.name == "agent"
+    assert by_header is not None and by_header.name == "team"
     for authorization, identities in (("Bearer wrong", agent), (None, frozenset({"CN=agent-2"})), (None, frozenset())):
         with pytest.raises(Refusal) as refused:
             admission.authenticate(authorization, identities)

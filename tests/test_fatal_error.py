@@ -185,4 +185,4 @@ def test_the_handle_is_refused_unless_librdkafka_names_the_expected_client(infra
     with pytest.raises(librdkafka.LayoutMismatch, match=r"rd_kafka_name\(\) gave b'named#producer-\d+'"):
         librdkafka.client_handle(producer, "other")
     with pytest.raises(librdkafka.LayoutMismatch, match="not a confluent_kafka.Producer"):
-        librdkafka.client_handle(object(), "named")  # type: ignore[arg-type]
+        librdkafka.client_handle(object(), "named")  # type: ignore[arg-type]  # the wrong type on purpose

@@ -74,7 +74,7 @@ def _split(request: bytes) -> tuple[str, bytes]:
 def test_requests_carry_distinct_events_and_keys() -> None:
     payloads = _payloads("transactions", api_key="k")
     heads = [_split(payloads.build(seq)[1])[0] for seq in range(3)]
-    keys = [re.search(r"Idempotency-Key: (\S+)", head).group(1) for head in heads]  # type: ignore[union-attr]
+    keys = [key.group(1) for head in heads if (key := re.search(r"Idempotency-Key: (\S+)", head))]
     assert len(set(keys)) == 3 and all("Authorization: Bearer k" in head for head in heads)
 
     kind, request, events = _payloads("transactions-batch").build(5)
@@ -111,7 +111,9 @@ async def _serial_server(nursery: trio.Nursery, delay: float) -> int:
                         return
                     buffer += chunk
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                declared = re.search(rb"(?i)content-length: *(\d+)", head)
+                assert declared is not None, head
+                length = int(declared.group(1))
                 while len(buffer) < length:
                     buffer += await stream.receive_some(65536)
                 buffer = buffer[length:]

@@ -112,8 +112,8 @@ def form(record: logging.LogRecord) -> bytes:
     return urllib.parse.urlencode(record.__dict__).encode()
 
 
-def record(msg: str, args: object, level: int = logging.INFO) -> logging.LogRecord:
-    return logging.LogRecord("billing", level, "/srv/app.py", 12, msg, args, None, func="charge")  # type: ignore[arg-type]
+def record(msg: str, args: tuple[object, ...] | None, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord("billing", level, "/srv/app.py", 12, msg, args, None, func="charge")
 
 
 def test_the_http_handler_form_maps_onto_a_log_event() -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 import trio
@@ -79,9 +80,10 @@ def record(value: bytes = b"v" * 10) -> Record:
     return Record(b"key", value, [("event-id", b"1")])
 
 
-def make_profile(fake: FakeProducer, **overrides: object) -> tuple[ProducerProfile, Metrics]:
+def make_profile(fake: FakeProducer, **overrides: Any) -> tuple[ProducerProfile, Metrics]:
     metrics = Metrics()
-    settings = ProfileSettings(topic="logs", **overrides)  # type: ignore[arg-type]
+    settings = ProfileSettings(topic="logs", **overrides)
+    # The fake stands in for KafkaProducer, the one type ProducerProfile names.
     return ProducerProfile("application", settings, fake, metrics, flush_timeout=2.0), metrics  # type: ignore[arg-type]
 
 
@@ -89,9 +91,9 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def wait_until(predicate: object, timeout: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():
             await trio.sleep(0.005)
 
 

@@ -77,7 +77,9 @@ async def test_an_outbox_statement_waits_on_a_lock_only_within_the_timeout(fresh
     apply_migrations(fresh_database, timeout=5)
     conn = store.connect(fresh_database, timeout=1)
     with conn:
-        search_path, statement_timeout = conn.execute("SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()  # type: ignore[misc]
+        settings = conn.execute("SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
+        assert settings is not None
+        search_path, statement_timeout = settings
         assert search_path.startswith("test_") and statement_timeout == "1s", "the URL's options are kept"
         entry = store.OutboxEntry(uuid.uuid4(), "t", b"k", b"{}", [], "held-key", b"{}")
         with psycopg.connect(fresh_database) as other:

@@ -48,7 +48,8 @@ def test_one_group_resolves_each_request_on_its_own(conn: psycopg.Connection[Any
     assert results[4] == [store.Accepted(same_key_twice[0].event_id, replayed=False)]
     assert results[5] == [store.Accepted(same_key_twice[0].event_id, replayed=True)]
     # The refused batch left nothing behind: k2 is free.
-    assert store.commit_group(conn, [[entry("k2")]])[0][0].replayed is False  # type: ignore[index]
+    [accepted] = store.commit_group(conn, [[entry("k2")]])
+    assert isinstance(accepted, list) and accepted[0].replayed is False
     assert store.backlog(conn).pending == 4
 
 
@@ -72,7 +73,8 @@ def test_a_constraint_violation_is_a_database_error_and_the_connection_stays_usa
         store.commit_group(conn, [[twice, twice]])
     assert not isinstance(raised.value, DatabaseUnavailable) and raised.value.sqlstate == "23505"
     assert store.backlog(conn).pending == 0, "nothing of the refused transaction is left"
-    assert store.commit_group(conn, [[entry()]])[0][0].replayed is False  # type: ignore[index]
+    [accepted] = store.commit_group(conn, [[entry()]])
+    assert isinstance(accepted, list) and accepted[0].replayed is False
 
 
 def test_a_schema_made_wrong_is_a_database_error(conn: psycopg.Connection[Any], database_url: str) -> None:

@@ -38,14 +38,17 @@ def decode(body: bytes, **params: str) -> Decoded:
 def one(document: dict[str, Any], index: str = "logs", **metadata: str) -> events.LogIn:
     decoded = decode(ndjson({"index": {"_index": index, **metadata}}, document))
     [event] = decoded.events
-    return event  # type: ignore[no-any-return]
+    assert isinstance(event, events.LogIn), event
+    return event
 
 
 def answer(decoded: Decoded, ids: list[str] | None = None) -> dict[str, Any]:
     ids = ids if ids is not None else [f"event-{i}" for i in range(len(decoded.events))]
     reply = es_bulk.POST.answer(decoded, Accepted(ids), request())
     assert reply.status == 200 and reply.headers["X-Elastic-Product"] == "Elasticsearch"
-    return json.loads(reply.body)  # type: ignore[no-any-return]
+    document = json.loads(reply.body)
+    assert isinstance(document, dict), document
+    return document
 
 
 # -- hypothesis: bytes in, never anything but Decoded or a refusal ----------------------------

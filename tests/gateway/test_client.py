@@ -31,7 +31,9 @@ async def server(nursery: trio.Nursery, closed: list[int], idle_timeout: float) 
                 if idle.cancelled_caught:
                     return
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                declared = re.search(rb"(?i)content-length: *(\d+)", head)
+                assert declared is not None, head
+                length = int(declared.group(1))
                 while len(buffer) < length:
                     buffer += await stream.receive_some(65536)
                 buffer = buffer[length:]

@@ -205,7 +205,9 @@ async def traced(
 
 
 def _topic(runtime: Runtime, stream: str) -> str:
-    return getattr(runtime.settings, stream).topic  # type: ignore[no-any-return]
+    topic = getattr(runtime.settings, stream).topic
+    assert isinstance(topic, str), stream
+    return topic
 
 
 async def test_every_route_answers_in_its_dialect_and_lands_exactly_its_events(

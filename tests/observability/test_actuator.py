@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -17,14 +19,14 @@ REFERENCE_NAMES = (
 )
 
 
-def statistics(found: dict[str, object] | None) -> dict[str, float]:
+def statistics(found: dict[str, Any] | None) -> dict[str, float]:
     assert found is not None
-    return {m["statistic"]: m["value"] for m in found["measurements"]}  # type: ignore[attr-defined]
+    return {m["statistic"]: m["value"] for m in found["measurements"]}
 
 
-def tags(found: dict[str, object] | None) -> dict[str, list[str]]:
+def tags(found: dict[str, Any] | None) -> dict[str, list[str]]:
     assert found is not None
-    return {t["tag"]: t["values"] for t in found["availableTags"]}  # type: ignore[attr-defined]
+    return {t["tag"]: t["values"] for t in found["availableTags"]}
 
 
 def test_the_table_names_families_the_gateway_registers() -> None:

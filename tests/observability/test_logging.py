@@ -38,6 +38,11 @@ def failure_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "app.profile" and hasattr(r, "count")]
 
 
+def extra(line: logging.LogRecord, *names: str) -> tuple[object, ...]:
+    """The fields a log call's ``extra`` set on ``line``."""
+    return tuple(vars(line)[name] for name in names)
+
+
 async def test_failures_are_logged_once_per_kind_and_second_with_a_count_and_the_first_event(
     caplog: pytest.LogCaptureFixture, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -46,12 +51,12 @@ async def test_failures_are_logged_once_per_kind_and_second_with_a_count_and_the
 
     profile._settle_failures([failure(n) for n in range(5000)] + [failure(9, error="MSG_SIZE_TOO_LARGE")])
     lines = failure_lines(caplog)
-    assert [(r.error, r.count, r.event_id) for r in lines] == [  # type: ignore[attr-defined]
+    assert [extra(r, "error", "count", "event_id") for r in lines] == [
         ("_MSG_TIMED_OUT", 5000, "event-0"),
         ("MSG_SIZE_TOO_LARGE", 1, "event-9"),
     ]
     first = lines[0]
-    assert (first.service, first.topic, first.trace_id) == ("application", "logs", f"{0:032x}")  # type: ignore[attr-defined]
+    assert extra(first, "service", "topic", "trace_id") == ("application", "logs", f"{0:032x}")
     assert first.getMessage() == (
         "application: 5000 events not delivered to logs (_MSG_TIMED_OUT: Local: Message timed out); "
         "writing them to logs.dlq"
@@ -65,7 +70,7 @@ async def test_failures_are_logged_once_per_kind_and_second_with_a_count_and_the
     mock_clock.jump(1.0)
     profile._settle_failures([failure(7)])
     [line] = failure_lines(caplog)
-    assert (line.count, line.event_id) == (2001, "event-7")  # type: ignore[attr-defined]
+    assert extra(line, "count", "event_id") == (2001, "event-7")
 
 
 async def test_a_dead_letter_refused_for_good_is_logged_as_lost(caplog: pytest.LogCaptureFixture) -> None:
@@ -74,7 +79,7 @@ async def test_a_dead_letter_refused_for_good_is_logged_as_lost(caplog: pytest.L
     profile._settle_failures([failure(n, topic="logs.dlq", error="MSG_SIZE_TOO_LARGE") for n in range(3)])
     [line] = failure_lines(caplog)
     assert line.levelno == logging.ERROR
-    assert (line.count, line.event_id, line.topic) == (3, "event-0", "logs.dlq")  # type: ignore[attr-defined]
+    assert extra(line, "count", "event_id", "topic") == (3, "event-0", "logs.dlq")
     assert metrics.registry.get_sample_value("kafka_producer_lost_total", {"service": "application"}) == 3
 
 

@@ -25,7 +25,9 @@ def outbox_command(database_url: str, *args: str) -> dict[str, object]:
         env={**os.environ, "DATABASE_URL": database_url},
         cwd=str(ROOT), check=True, capture_output=True, text=True, timeout=60,
     )
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    answer = json.loads(result.stdout)
+    assert isinstance(answer, dict), result.stdout
+    return answer
 
 
 async def test_status_and_replay_with_the_original_event_ids(

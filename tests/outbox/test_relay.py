@@ -209,7 +209,7 @@ async def test_a_statement_postgresql_refuses_is_logged_once_not_at_every_retry(
             while (metrics.registry.get_sample_value("outbox_publish_failures_total") or 0) < 3:
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
-    assert metrics.registry.get_sample_value("outbox_errors_total", {"kind": "relay"}) >= 3  # type: ignore[operator]
+    assert (metrics.registry.get_sample_value("outbox_errors_total", {"kind": "relay"}) or 0) >= 3
     said = [r for r in caplog.records if r.name == "app.outbox.relay" and r.levelno >= logging.WARNING]
     assert [(r.levelname, 'relation "outbox" does not exist' in r.getMessage()) for r in said] == [("ERROR", True)]
 

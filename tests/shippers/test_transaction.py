@@ -37,8 +37,9 @@ async def published(client: httpx.AsyncClient, event_id: str, timeout: float = 3
     with trio.fail_after(timeout):
         while True:
             status = (await client.get(f"/api/v1/transactions/{event_id}")).json()
+            assert isinstance(status, dict), status
             if status["status"] == "published":
-                return status  # type: ignore[no-any-return]
+                return status
             await trio.sleep(0.1)
 
 
