@@ -4,7 +4,9 @@ Each copy binds its listeners with ``SO_REUSEPORT``, so the kernel spreads incom
 connections across them and the copies share no Python state (one interpreter, one GIL
 each). The supervisor forwards SIGTERM/SIGINT to every copy and waits for their graceful
 shutdown; a copy that dies on its own is started again after a pause, unless a signal
-came meanwhile.
+came meanwhile. SIGHUP (reload the TLS files) goes to every copy that handles it: one still
+starting, or one without TLS, would die of it (its default action); a copy that starts reads the
+files anyway, and reads them again once it handles SIGHUP if they changed meanwhile.
 
 Only the first copy runs the host collector, so a host is sampled once, whatever N is.
 Each copy has its own metrics: a scrape of a shared port reads one copy, so scrape each copy
@@ -26,6 +28,18 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE_SECONDS = 1.0
 STOPPED_BY_SIGNAL = frozenset({-signal.SIGTERM, -signal.SIGINT})
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (Linux's /proc; elsewhere taken to have one)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def worker_env(env: Mapping[str, str], index: int) -> dict[str, str]:
@@ -73,13 +87,26 @@ async def supervise(count: int, env: Mapping[str, str], argv: list[str]) -> int:
     async def forward_signals(signals: AsyncIterator[int]) -> None:
         nonlocal stop_signal
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                forward_reload()
+                continue
             stop_signal = signal.Signals(signum)
             stopping.set()
             for process in processes.values():
                 if process.returncode is None:
                     process.send_signal(signum)
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    def forward_reload() -> None:
+        for index, process in sorted(processes.items()):
+            if process.returncode is not None:
+                continue
+            if handles(process.pid, signal.SIGHUP):
+                process.send_signal(signal.SIGHUP)
+                log.info("SIGHUP forwarded to worker %d (pid %d)", index, process.pid)
+            else:
+                log.info("SIGHUP not forwarded to worker %d (pid %d): it does not handle it yet", index, process.pid)
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(forward_signals, signals)
             async with trio.open_nursery() as workers:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import psutil
@@ -15,6 +18,7 @@ import trio
 
 from tests.conftest import ROOT, wait_ready
 from tests.kafka_reader import KafkaReader
+from tests.pki import make_pki, serial_of
 from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -112,6 +116,72 @@ async def test_a_signal_during_the_restart_pause_stops_everything(gateway_env: d
         with trio.fail_after(RESTART_PAUSE / 2):
             assert await supervisor.wait() == 0
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in seen)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+        for pid in seen:  # the copies have sessions of their own: a killed supervisor leaves them running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def served_by(port: int, context: ssl.SSLContext) -> tuple[int, int]:
+    """The pid of the copy behind a fresh TLS connection, and the serial of the certificate it served."""
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context, https_compatible=True)
+    async with stream:
+        with trio.fail_after(10):
+            await stream.do_handshake()
+            serial = serial_of(stream.getpeercert(binary_form=True))
+            await stream.send_all(b"GET /health HTTP/1.0\r\nHost: gateway\r\n\r\n")
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["pid"], serial
+
+
+async def test_sighup_to_the_supervisor_reloads_the_certificate_of_every_copy(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    first = pki.issue_server()  # the one the copies start with
+    port = free_port()
+    env = {
+        **os.environ, **gateway_env, **pki.env(), "APPLICATION_PORT": str(port), "TLS_RELOAD_INTERVAL": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    supervisor = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "app", "--workers", "2", "--role", "application"],
+        cwd=str(ROOT), env=env, stderr=subprocess.DEVNULL,
+    )
+    context = pki.client_context()
+    seen: set[int] = set()
+    try:
+        with trio.fail_after(30):
+            while len(seen := copies_of(supervisor)) < 2:
+                await trio.sleep(0.01)
+        # The copies are starting, and have no SIGHUP handler yet: this one is not forwarded, or it would kill them.
+        supervisor.send_signal(signal.SIGHUP)
+        served: dict[int, int] = {}
+        with trio.fail_after(60):
+            while set(served) != seen:
+                with contextlib.suppress(OSError, trio.BrokenResourceError):
+                    pid, serial = await served_by(port, context)
+                    served[pid] = serial
+                    continue
+                await trio.sleep(0.2)  # not listening yet
+        assert set(served.values()) == {first}
+
+        second = pki.issue_server()
+        supervisor.send_signal(signal.SIGHUP)
+        with trio.fail_after(30):
+            while set(served.values()) != {second}:
+                pid, serial = await served_by(port, context)
+                served[pid] = serial
+        assert set(served) == seen == copies_of(supervisor), "both copies reloaded, neither was started again"
+
+        supervisor.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            assert await supervisor.wait() == 0
     finally:
         if supervisor.returncode is None:
             supervisor.kill()
