@@ -27,7 +27,7 @@ from app.breaker import BreakerState, CircuitBreaker
 from app.config import ProfileSettings
 from app.kafka.errors import KafkaUnavailable
 from app.core import Outcome, Record
-from app.kafka.producer import Deliveries, Failure, KafkaProducer
+from app.kafka.producer import Deliveries, Failure, Producer
 from app.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,12 @@ class ProducerProfile:
         self,
         name: str,
         settings: ProfileSettings,
-        producer: KafkaProducer,
+        producer: Producer,
         metrics: Metrics,
         *,
         flush_timeout: float,
         breaker: CircuitBreaker | None = None,
-        recreate: Callable[[], KafkaProducer] | None = None,
+        recreate: Callable[[], Producer] | None = None,
         probe_timeout: float = 2.0,
         spooled: bool = False,
     ) -> None:
@@ -88,7 +88,7 @@ class ProducerProfile:
         self.topic = settings.topic
         self.dead_letter_topic = settings.dead_letter_topic
         self._producer = producer
-        self._retired: list[KafkaProducer] = []
+        self._retired: list[Producer] = []
         self._recreate = recreate
         self._probe_timeout = probe_timeout
         self.breaker = breaker or CircuitBreaker(failure_threshold=10, open_seconds=5.0, clock=trio.current_time)

@@ -53,7 +53,9 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
 
 
 def confluent_producer(runtime: Runtime) -> confluent_kafka.Producer:
-    producer = runtime.profiles["application"]._producer._producer
+    adapter = runtime.profiles["application"]._producer
+    assert isinstance(adapter, KafkaProducer)
+    producer = adapter._producer
     assert isinstance(producer, confluent_kafka.Producer)
     return producer
 
@@ -98,7 +100,7 @@ async def test_a_fatal_error_replaces_the_producer_and_loses_no_accepted_event(
                     accepted.append(await post_one(client, n, "window"))
                 await wait_until(lambda: profile._receive.statistics().current_buffer_used == 0, "handed over")
 
-            await wait_until(lambda: profile._producer._producer is not old, "the producer is replaced")
+            await wait_until(lambda: confluent_producer(gateway) is not old, "the producer is replaced")
             assert profile.breaker.state.name == "OPEN"
             refused = await client.post("/api/v1/logs", json=log(0, "refused"))
             assert refused.status_code == 503, refused.text

@@ -83,8 +83,7 @@ def record(value: bytes = b"v" * 10) -> Record:
 def make_profile(fake: FakeProducer, **overrides: Any) -> tuple[ProducerProfile, Metrics]:
     metrics = Metrics()
     settings = ProfileSettings(topic="logs", **overrides)
-    # The fake stands in for KafkaProducer, the one type ProducerProfile names.
-    return ProducerProfile("application", settings, fake, metrics, flush_timeout=2.0), metrics  # type: ignore[arg-type]
+    return ProducerProfile("application", settings, fake, metrics, flush_timeout=2.0), metrics
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -219,8 +218,8 @@ async def test_a_fatal_error_opens_the_breaker_and_replaces_the_producer() -> No
     old.client_errors.append(("_FENCED", "fenced by a newer producer", True))
     metrics = Metrics()
     profile = ProducerProfile(
-        "application", ProfileSettings(topic="logs"), old, metrics,  # type: ignore[arg-type]
-        flush_timeout=2.0, recreate=lambda: new,  # type: ignore[arg-type,return-value]
+        "application", ProfileSettings(topic="logs"), old, metrics,
+        flush_timeout=2.0, recreate=lambda: new,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(profile.run)

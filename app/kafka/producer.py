@@ -13,7 +13,7 @@ import collections
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import confluent_kafka
 
@@ -83,6 +83,24 @@ def producer_config(
         "statistics.interval.ms": statistics_interval_ms,
     }
     return config
+
+
+class Producer(Protocol):
+    """What a profile drives: a :class:`KafkaProducer`, or a test's fake of one."""
+
+    statistics: str | None
+
+    def produce(
+        self, topic: str, records: Sequence[Record], start: int = 0, *, waited: float = 0.0
+    ) -> tuple[int, list[Failure]]: ...
+
+    def poll(self, timeout: float) -> Deliveries: ...
+
+    def flush(self, timeout: float) -> tuple[Deliveries, int]: ...
+
+    def queued(self) -> int: ...
+
+    def topics(self, timeout: float) -> set[str]: ...
 
 
 class KafkaProducer:
