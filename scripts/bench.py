@@ -19,7 +19,10 @@ single events at 64 connections, batches at 16. Events are log JSON of about 100
    without acks), the socket and gRPC ones driven by threads of this process
    (scripts/bench_dialects.py builds every body); and a second gateway process in disk mode
    (``APPLICATION_DURABILITY=disk``, a spool folder of its own under .local) for batches of 500
-   and for single events under the memory-mode open-loop row's schedule;
+   and for single events under the memory-mode open-loop row's schedule; and a third one with TLS
+   on 8081 (a self-signed RSA 2048 certificate) for single events and batches of 500, each beside
+   the same row in plain HTTP, its note counting the connections ``hey`` opened, each a full
+   handshake (at 64 connections its client dials a new one for most requests; at 16, few);
 3. the Strimzi Kafka Bridge 0.33.1 (Java, ``-Xmx512m``, the same producer settings): one record
    and 500 records per request. Its jars are taken from ``--bridge-lib`` (fetched with
    ``ops/kafka-bridge/pom.xml`` when empty; Maven Central does not serve the bridge, so the README
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -114,18 +118,22 @@ QUIET_CPU_PERCENT = 15.0
 SETTLE_AT_MOST = 30.0
 # Single events against bare hypercorn: this many rounds of one run each, in turn.
 PAIRED_ROUNDS = 3
+# The rows of a third gateway process with TLS on 8081 (the application listener), and the row in plain
+# HTTP each is the twin of (and is judged against).
+TLS_ROWS = {"single_tls": "single", "batch500_tls": "batch500"}
+TLS_LISTENERS = frozenset({"application"})
 # Every row's key (what --only takes), in the table's order; "codec" is the bytes-stored rows.
 ROW_KEYS = (
     "raw", "raw_plain", "bare", "single", "single_half", "single_half_disk", "bare_half", "tx1", "tx1_half",
-    "single8080", "batch100", "batch500", "batch500_disk", "otlp500", "otlp_grpc", "remote_write", "es_bulk", "hec",
-    "loki", "loki_json", "collectd", "syslog", "forward", "forward_ack", "tx100", "metrics100", "workers", "workers500",
-    "bridge1", "bridge500", "codec",
+    "single8080", "single_tls", "batch100", "batch500", "batch500_disk", "batch500_tls", "otlp500", "otlp_grpc",
+    "remote_write", "es_bulk", "hec", "loki", "loki_json", "collectd", "syslog", "forward", "forward_ack", "tx100",
+    "metrics100", "workers", "workers500", "bridge1", "bridge500", "codec",
 )
 # An open-loop row runs at half the rate its closed-loop row reached: selecting it selects that row. A
 # disk-mode row is judged against its memory-mode row: selecting it selects that one (and what it needs).
 NEEDS = {
     "single_half": "single", "bare_half": "single", "tx1_half": "tx1", "single_half_disk": "single_half",
-    "batch500_disk": "batch500",
+    "batch500_disk": "batch500", **TLS_ROWS,
 }
 # The rows of a second gateway process like the first but for APPLICATION_DURABILITY=disk (app/spool/).
 DISK_ROWS = frozenset({"batch500_disk", "single_half_disk"})
@@ -138,8 +146,8 @@ DIALECT_ROWS = ("otlp500", "otlp_grpc", "remote_write", "es_bulk", "hec", "loki"
 # steps leave the kernel writing PostgreSQL's and Kafka's pages back for half a minute, on the same
 # two cores. ("single" is measured first, in turn with bare hypercorn.)
 GATEWAY_ORDER = (
-    "single", "single_half", "single_half_disk", "bare_half", "single8080", "batch100", "batch500", "batch500_disk",
-    *DIALECT_ROWS, "metrics100", "tx1", "tx1_half", "tx100",
+    "single", "single_half", "single_half_disk", "bare_half", "single8080", "single_tls", "batch100", "batch500",
+    "batch500_disk", "batch500_tls", *DIALECT_ROWS, "metrics100", "tx1", "tx1_half", "tx100",
 )
 # ... and those of a second gateway process with --workers 2.
 WORKERS_ROWS = ("workers", "workers500")
@@ -811,6 +819,10 @@ STEPS = {
     "batch500_disk": Step(
         "gateway, log batch of 500, disk mode", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS
     ),
+    "single_tls": Step("gateway, single, 8081, TLS", "application", "/api/v1/logs", "single", 1, SINGLE_CONNECTIONS),
+    "batch500_tls": Step(
+        "gateway, log batch of 500, 8081, TLS", "application", "/api/v1/logs/batch", "batch500", 500, BATCH_CONNECTIONS
+    ),
     # The dialects' wire formats, 500 events a request as their clients batch them (bench_dialects builds them).
     "remote_write": Step(
         "gateway, remote_write, 500 samples, 8082", "infrastructure", "/api/v1/write", "remote_write", 500,
@@ -900,9 +912,16 @@ class Server:
     ports: dict[str, int]
     sampler: RssSampler
     label: str = ""
+    tls: frozenset[str] = frozenset()  # the listeners that serve TLS
 
     def url(self, listener: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[listener]}{path}"
+        return f"{'https' if listener in self.tls else 'http'}://127.0.0.1:{self.ports[listener]}{path}"
+
+    def metrics_url(self, listener: str) -> str:
+        """A listener's /metrics; for a TLS one, a plain listener's of the same process (the same
+        registry), since urllib would not trust the self-signed certificate."""
+        return self.url(next(name for name in self.ports if name not in self.tls) if listener in self.tls else listener,
+                        "/metrics")
 
     def row_name(self, name: str) -> str:
         """A baseline's rows sit right under this code's: they are named by the commit alone."""
@@ -978,11 +997,20 @@ def gateway_rows(
                 server.row_name(socket_spec.name), socket_spec, lambda: socket_load(key, port), server, seconds
             )
         spec = STEPS[key]
-        return drive(
+        tls_port = server.ports[spec.listener] if spec.listener in server.tls else 0
+        before = connections_to(tls_port) if tls_port else None
+        row = drive(
             server.row_name(spec.name), server.url(spec.listener, spec.path), files[spec.body], spec.per_request,
             spec.hey_args(), seconds, server.sampler, content_type=spec.content_type, accepted=spec.accepted,
-            metrics_url=server.url(spec.listener, "/metrics") if spec.metrics else "",
+            metrics_url=server.metrics_url(spec.listener) if spec.metrics else "",
         )
+        after = connections_to(tls_port) if tls_port else None
+        if before is not None and after is not None:
+            # Each connection is a full handshake: hey's client dials a new one whenever a request finds
+            # none back in its pool yet, many more of them at 64 connections than at 16.
+            opened = f"{len(after - before):,} connections opened (handshakes, warm-up included)"
+            row.note = f"{row.note}; {opened}" if row.note else opened
+        return row
 
     def start_gateway(
         stack: contextlib.ExitStack, label: str, root: Path, topic_prefix: str, with_sockets: bool = True, **env: str
@@ -1023,6 +1051,18 @@ def gateway_rows(
                     APPLICATION_DURABILITY="disk", SPOOL_DIR=str(spool),
                 ))
 
+        # The same gateway with TLS on the application listener, its own process with topics of its own;
+        # the others stay plain, for its readiness and its /metrics.
+        tls_servers: list[Server] = []
+        if set(TLS_ROWS) & set(selected):
+            certificate, private_key = self_signed(tmp)
+            for label, root, topic_prefix in trees:
+                served = start_gateway(
+                    stack, label, root, f"{topic_prefix}-tls", with_sockets=False, TLS_CERT_FILE=str(certificate),
+                    TLS_KEY_FILE=str(private_key), TLS_LISTENERS=",".join(TLS_LISTENERS), SYSLOG_TLS_PORT="0",
+                )
+                tls_servers.append(dataclasses.replace(served, tls=TLS_LISTENERS))
+
         def bare_step(server: Server) -> Row:
             return drive("bare ASGI on hypercorn-trio (ceiling)", server.url("bare", "/"), files["single"], 1,
                          SINGLE_CONNECTIONS, seconds, server.sampler)
@@ -1047,7 +1087,7 @@ def gateway_rows(
                     bodies["single"], rows["single"].rps / 2, seconds, bare.sampler.pid,
                 )
                 continue
-            for server in disk_servers if key in DISK_ROWS else servers:
+            for server in disk_servers if key in DISK_ROWS else tls_servers if key in TLS_ROWS else servers:
                 if key in OPEN_LOOPS:
                     name, closed = OPEN_LOOPS[key]
                     spec = STEPS[closed]
@@ -1074,6 +1114,28 @@ def gateway_rows(
                     for server in servers:
                         record(server, key, step(server, key))
     return rows, based
+
+
+def connections_to(port: int) -> set[int] | None:
+    """The local ports of this host's TCP connections to ``port`` still in the kernel's table (a closed
+    one stays a minute in TIME_WAIT): what a run adds to it is the connections its client opened.
+    None where the table cannot be read."""
+    try:
+        connections = psutil.net_connections("tcp")
+    except (psutil.Error, OSError):
+        return None
+    return {int(c.laddr[1]) for c in connections if len(c.raddr) == 2 and c.raddr[1] == port and len(c.laddr) == 2}
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (RSA 2048, as most deployments still have), made with openssl."""
+    cert, key = directory / "tls.pem", directory / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
 
 
 def open_loop_row(
@@ -1134,6 +1196,12 @@ def assign_ratios(rows: dict[str, Row], of: dict[str, Row]) -> None:
             of[key].ratio, of[key].against = ratio(of[key].events, raw.events), "raw producer"
     if "workers" in of and "single" in of:
         of["workers"].ratio, of["workers"].against = ratio(of["workers"].rps, of["single"].rps), "one process, 8081"
+    # Over TLS against the same row in plain HTTP, with the CPU per event's ratio too.
+    for key, plain in TLS_ROWS.items():
+        if key in of and plain in of:
+            cpu = ratio(of[key].cpu_us, of[plain].cpu_us)
+            of[key].ratio = ratio(of[key].events, of[plain].events)
+            of[key].against = "plain HTTP" + ("" if math.isnan(cpu) else f", CPU µs/ev {cpu:.2f} x")
     # The dialects against the native batch route of the same gateway, disk mode against memory mode.
     for key in (*DIALECT_ROWS, "batch500_disk"):
         if key in of and batch is not None:

@@ -410,6 +410,20 @@ def test_dialect_and_disk_rows_are_compared_with_the_native_batch_of_their_gatew
     assert then["hec"].ratio == 0.25, "a baseline's dialect row against the baseline's own batch"
 
 
+def test_tls_rows_run_beside_their_plain_twins_and_are_compared_with_them() -> None:
+    assert bench.select_rows("batch500_tls,single_tls") == ("single", "single_tls", "batch500", "batch500_tls")
+    server = bench.Server({"gateway": 1, "application": 2}, bench.RssSampler(42), tls=bench.TLS_LISTENERS)
+    assert server.url("application", "/api/v1/logs") == "https://127.0.0.1:2/api/v1/logs"
+    assert server.metrics_url("application") == "http://127.0.0.1:1/metrics", "a plain listener: the same registry"
+    now = {
+        "single": bench.Row("s", events=1000.0, cpu_us=100.0), "single_tls": bench.Row("t", events=800.0, cpu_us=125.0),
+        "batch500_tls": bench.Row("b", events=50.0),
+    }
+    bench.assign_ratios(now, now)
+    assert (now["single_tls"].ratio, now["single_tls"].against) == (0.8, "plain HTTP, CPU µs/ev 1.25 x")
+    assert math.isnan(now["batch500_tls"].ratio), "no plain figure, no ratio"
+
+
 def test_targets_of_rows_not_run_are_left_out() -> None:
     lines = bench.targets({"batch500": bench.Row("batch500", 500, events=300_000, rss_mb=90)}, ("single", "batch500"))
     assert [line.split("  ")[1].split(" (")[0] for line in lines] == [
