@@ -17,7 +17,7 @@ from app.auth import load_api_keys
 from app.config import ROLES, Settings, SettingsError, load_settings
 from app.outbox import cli as outbox_cli
 from app.runtime import run
-from app.tls import load_tls
+from app.tls import load_syslog_tls, load_tls
 
 
 async def serve(settings: Settings) -> None:
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_api_keys(settings, time.monotonic)  # a bad key file is a configuration error, before start-up
         load_tls(settings)  # and so is a certificate or key that cannot serve
+        load_syslog_tls(settings)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

@@ -169,7 +169,7 @@ def _status(http_status: int, body: bytes) -> tuple[int, str]:
 
 
 def _credentials(tls: ServerTLS) -> Any:
-    """Server credentials that take a reloaded certificate from the next handshake on."""
+    """Server credentials that take a reloaded certificate and client CA from the next handshake on."""
 
     def configuration() -> Any:
         pair = tls.pair

@@ -56,7 +56,7 @@ from app.spool.spool import Spool
 from app.spool.store import Store
 from app.status import page as status_page
 from app.streams import Stream
-from app.tls import ServerTLS, load_tls
+from app.tls import ServerTLS, load_syslog_tls, load_tls, watch_tls
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ async def watch_signals(
         task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP and reload is not None:
-                log.info("SIGHUP: reloading the TLS certificate")
+                log.info("SIGHUP: reloading the TLS certificates")
                 reload()
                 continue
             if shutdown.is_set():
@@ -398,6 +398,8 @@ async def run(
     """Run the gateway until shut down. Reports a :class:`Runtime` once every listener is up."""
     api_keys = load_api_keys(settings, trio.current_time)  # a bad key file stops start-up here
     tls = load_tls(settings)  # and so does a certificate or key that cannot serve
+    syslog_tls = load_syslog_tls(settings)
+    reloaded = [server for server in (tls, syslog_tls) if server is not None]
     roles = settings.role_set()
     metrics = Metrics()
     profiles = build_profiles(settings, metrics)
@@ -409,12 +411,13 @@ async def run(
 
     async with trio.open_nursery() as background:
         reload_requests, reloads = trio.open_memory_channel[None](1)
-        if tls is not None:
-            await background.start(tls.watch, reloads, settings.tls_reload_interval)
         if handle_signals:
             await background.start(
-                watch_signals, shutdown, partial(_request_reload, reload_requests) if tls is not None else None
+                watch_signals, shutdown, partial(_request_reload, reload_requests) if reloaded else None
             )
+        if reloaded:
+            # After the signal watcher: files changed before SIGHUP could be caught are loaded at its start.
+            await background.start(watch_tls, reloaded, reloads, settings.tls_reload_interval)
         if roles & set(SHIPPERS):
             await background.start(
                 partial(
@@ -481,7 +484,8 @@ async def run(
                 if application_listener is not None and application_listener.stream is not None:
                     assert application_listener.admission is not None
                     for socket_listener in build_socket_listeners(
-                        settings, metrics, application_listener.stream, application_listener.admission, tracer
+                        settings, metrics, application_listener.stream, application_listener.admission, tracer,
+                        syslog_tls=syslog_tls,
                     ):
                         bound = await serving.start(socket_listener.run, shutdown.wait)
                         for name, bound_addresses in bound.items():

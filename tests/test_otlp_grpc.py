@@ -164,6 +164,56 @@ async def test_the_sdk_grpc_exporters_over_mutual_tls_with_the_certificate_as_th
     assert len(await kafka.read(infrastructure, count=2, settle=1.0)) == 2
 
 
+async def test_a_reload_changes_the_client_ca_grpc_trusts_and_keeps_open_connections(
+    gateway_env: dict[str, str], pki: Pki, kafka: KafkaReader
+) -> None:
+    """TLS_CLIENT_CA_FILE swapped for another CA and reloaded (what SIGHUP does): the new CA's clients
+    get in, the old CA's are refused on new connections, and a channel connected before goes on."""
+    old, new = pki.client("collector"), pki.client("collector", ca=pki.other_ca)
+    # The application listener plain, so the gateway's readiness can be waited for without a certificate.
+    env = {**gateway_env, **pki.env(mutual=True), "TLS_LISTENERS": "gateway,otlp-grpc", "TLS_RELOAD_INTERVAL": "0"}
+    service = f"reload-{uuid.uuid4().hex[:8]}"
+
+    def channel(certificate: Path) -> grpc.Channel:
+        pem = certificate.read_bytes()  # the key and its certificate in one file
+        credentials = grpc.ssl_channel_credentials(pki.ca_file.read_bytes(), pem, pem)
+        return grpc.secure_channel(target(runtime), credentials, options=[("grpc.use_local_subchannel_pool", 1)])
+
+    def export(open_channel: grpc.Channel, message: str) -> grpc.StatusCode:
+        stub = LogsServiceStub(open_channel)  # type: ignore[no-untyped-call]  # protoc's gRPC module is untyped
+        try:
+            stub.Export(export_logs(message, service=service), timeout=5)
+        except grpc.RpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    def export_once(certificate: Path, message: str) -> grpc.StatusCode:
+        with channel(certificate) as fresh:
+            return export(fresh, message)
+
+    async with serving(env, ready="application") as runtime:
+        assert runtime.tls is not None and runtime.url("otlp-grpc").startswith("https://")
+        held = channel(old)
+        try:
+            assert await trio.to_thread.run_sync(export, held, "old CA, held channel, before") == grpc.StatusCode.OK
+            assert await trio.to_thread.run_sync(export_once, new, "new CA, before") == grpc.StatusCode.UNAVAILABLE
+
+            fresh_bundle = pki.client_ca_file.with_suffix(".new")
+            pki.other_ca.cert_pem.write_to_path(str(fresh_bundle))
+            fresh_bundle.replace(pki.client_ca_file)
+            assert runtime.tls.reload()
+
+            assert await trio.to_thread.run_sync(export_once, new, "new CA, after") == grpc.StatusCode.OK
+            assert await trio.to_thread.run_sync(export_once, old, "old CA, after") == grpc.StatusCode.UNAVAILABLE
+            assert await trio.to_thread.run_sync(export, held, "old CA, held channel, after") == grpc.StatusCode.OK
+        finally:
+            held.close()
+        topic = runtime.profiles["application"].topic
+    records = [json.loads(record.value) for record in await kafka.read(topic, count=3, settle=1.0)]
+    messages = sorted(record["message"] for record in records if record["source"] == service)
+    assert messages == ["new CA, after", "old CA, held channel, after", "old CA, held channel, before"]
+
+
 def refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, str, float | None]:
     """A refused call's code, message and the retry delay its status details carry."""
     trailing = dict(error.trailing_metadata())

@@ -23,6 +23,7 @@ from app.sockets.forward import ForwardConfig, ForwardListener
 from app.sockets.server import Limits, Submitter
 from app.sockets.syslog import SyslogConfig, SyslogListeners
 from app.streams import Stream
+from app.tls import ServerTLS
 
 
 class SocketListener(Protocol):
@@ -33,7 +34,8 @@ class SocketListener(Protocol):
 
 
 def build_socket_listeners(
-    settings: Settings, metrics: Metrics, stream: Stream, admission: Admission, tracer: Tracer
+    settings: Settings, metrics: Metrics, stream: Stream, admission: Admission, tracer: Tracer,
+    *, syslog_tls: ServerTLS | None = None,
 ) -> list[SocketListener]:
     """The socket listeners the settings turn on, feeding ``stream`` (the application stream)."""
     listeners: list[SocketListener] = []
@@ -44,18 +46,17 @@ def build_socket_listeners(
     def submitters(listener: str, dialect: str, dropped: Callable[[str, int], None]) -> Submitter:
         return Submitter(listener, dialect, stream, admission, metrics, tracer, max_batch=max_batch, dropped=dropped)
 
-    if settings.syslog_port or (settings.syslog_tls_port and settings.syslog_tls_cert_file):
+    # Syslog over TLS serves ``syslog_tls`` (app.tls.load_syslog_tls), which app.tls.watch_tls reloads.
+    if settings.syslog_port or (settings.syslog_tls_port and syslog_tls is not None):
         config = SyslogConfig(
             host=settings.host,
             port=settings.syslog_port,
             tls_port=settings.syslog_tls_port,
-            tls_cert_file=settings.syslog_tls_cert_file,
-            tls_key_file=settings.syslog_tls_key_file,
             max_message_bytes=settings.syslog_max_message_bytes,
             limits=Limits(settings.syslog_max_connections, settings.syslog_idle_timeout, settings.graceful_timeout),
             reuse_port=settings.reuse_port,
         )
-        listeners.append(SyslogListeners(config, submitters, metrics))
+        listeners.append(SyslogListeners(config, submitters, metrics, syslog_tls))
     if settings.forward_port:
         forward_config = ForwardConfig(
             host=settings.host,

@@ -15,7 +15,6 @@ import errno
 import logging
 import math
 import socket
-import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,6 +29,7 @@ from app.dialects.base import Accepted, Decoded, Request
 from app.observability.metrics import Metrics
 from app.observability.tracing import request_context
 from app.streams import Stream
+from app.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,13 @@ async def serve_tcp(
     metrics: Metrics,
     shutdown: Callable[[], Awaitable[Any]],
     *,
-    ssl_context: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections on the bound ``sock`` until ``shutdown`` returns, then drain them."""
+    """Accept connections on the bound ``sock`` until ``shutdown`` returns, then drain them; over TLS with
+    ``tls``, whose context is taken for each connection (a reload serves the next ones)."""
     sock.listen(1024)
-    scheme = "tls" if ssl_context is not None else "tcp"
+    scheme = "tls" if tls is not None else "tcp"
     serving = trio.SocketListener(sock)
     open_connections = metrics.socket_connections.labels(listener)
     drain = Drain()
@@ -173,8 +174,8 @@ async def serve_tcp(
 
     async def serve(stream: trio.abc.Stream, peer: str) -> None:
         nonlocal active
-        if ssl_context is not None:
-            stream = trio.SSLStream(stream, ssl_context, server_side=True)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls.context, server_side=True)
         connection = Connection(stream, peer, limits.idle_timeout, drain)
         try:
             await handler(connection)

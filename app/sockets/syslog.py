@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import math
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +25,7 @@ from app.observability.metrics import Metrics
 from app.sockets.server import (
     Connection, Drain, Limits, Submitter, Submitters, address, bind_socket, peer_of, serve_tcp,
 )
+from app.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ class SyslogConfig:
     host: str
     port: int
     tls_port: int
-    tls_cert_file: str
-    tls_key_file: str
     max_message_bytes: int
     limits: Limits
     reuse_port: bool = False
@@ -49,8 +47,11 @@ class SyslogConfig:
 class SyslogListeners:
     """The syslog listeners of one process, feeding one application stream."""
 
-    def __init__(self, config: SyslogConfig, submitters: Submitters, metrics: Metrics) -> None:
+    def __init__(
+        self, config: SyslogConfig, submitters: Submitters, metrics: Metrics, tls: ServerTLS | None = None
+    ) -> None:
         self.config = config
+        self._tls = tls  # TLS on config.tls_port, reloaded by app.tls.watch_tls
         self._submitters = submitters
         self._metrics = metrics
         self._failures = {reason: metrics.syslog_parse_failures.labels(reason) for reason in ("no_pri", "pri", "rfc5424")}
@@ -87,14 +88,12 @@ class SyslogListeners:
                 udp = bind_socket(socket.SOCK_DGRAM, config.host, config.port, reuse_port=config.reuse_port)
                 await udp.bind((config.host, config.port))
                 addresses["syslog-udp"] = await nursery.start(self._serve_udp, udp, shutdown)
-            if config.tls_port and config.tls_cert_file:
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+            if config.tls_port and self._tls is not None:
                 tls = bind_socket(socket.SOCK_STREAM, config.host, config.tls_port, reuse_port=config.reuse_port)
                 await tls.bind((config.host, config.tls_port))
                 addresses["syslog-tls"] = await nursery.start(
                     partial(serve_tcp, "syslog-tls", tls, partial(self._connection, "tls"), config.limits,
-                            self._metrics, shutdown, ssl_context=context)
+                            self._metrics, shutdown, tls=self._tls)
                 )
             task_status.started(addresses)
 

@@ -116,6 +116,45 @@ async def test_tls(socket_env: dict[str, str], kafka: KafkaReader, tmp_path: Pat
         assert await send_tcp((host, port), b"<13>plain text\n") == b""
 
 
+async def test_tls_serves_a_rotated_certificate_to_new_connections_and_keeps_open_ones(
+    socket_env: dict[str, str], kafka: KafkaReader, tmp_path: Path
+) -> None:
+    from tests.pki import make_pki, serial_of
+    from tests.processes import free_port
+
+    pki = make_pki(tmp_path)
+    env = {
+        **socket_env, "SYSLOG_TLS_PORT": str(free_port()), "TLS_RELOAD_INTERVAL": "0.2",
+        "SYSLOG_TLS_CERT_FILE": str(pki.cert_file), "SYSLOG_TLS_KEY_FILE": str(pki.key_file),
+    }
+    async with socket_gateway(env) as runtime:
+        name = marker()
+        host, port = endpoint(runtime, "syslog-tls")
+
+        async def connect() -> tuple[int, trio.SSLStream[trio.SocketStream]]:
+            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=pki.client_context())
+            await stream.do_handshake()
+            return serial_of(stream.getpeercert(binary_form=True)), stream
+
+        before, opened = await connect()
+        await opened.send_all(octet(b"<14>1 - h %s - - - before" % name.encode()))
+        rotated = pki.issue_server()  # no SIGHUP here: the files' change is seen within TLS_RELOAD_INTERVAL
+        with trio.fail_after(10):
+            while True:
+                now, fresh = await connect()
+                if now == rotated:
+                    break
+                await fresh.aclose()
+                await trio.sleep(0.1)
+        async with fresh:
+            await fresh.send_all(octet(b"<14>1 - h %s - - - after" % name.encode()))
+        async with opened:  # made before the rotation, it goes on
+            await opened.send_all(octet(b"<14>1 - h %s - - - still open" % name.encode()))
+        assert before != rotated
+        received = await read_events(kafka, runtime, key=name, count=3)
+        assert sorted(e["message"] for e in received) == ["after", "before", "still open"]
+
+
 async def test_tcp_waits_while_the_stream_refuses_and_udp_counts_what_it_drops(
     socket_env: dict[str, str], kafka: KafkaReader
 ) -> None:
