@@ -29,7 +29,7 @@ import trio
 from app.admission import Admission
 from app.auth import ApiKeys, load_api_keys
 from app.breaker import CircuitBreaker
-from app.config import ROLES, Settings
+from app.config import ROLES, ProfileSettings, Settings
 from app.core import NoTracer, Tracer
 from app.db.database import Database
 from app.gateway.upstream import Upstream
@@ -103,10 +103,25 @@ BODY_TIMEOUT_SECONDS = 30.0
 
 # The profiles fed through a bounded channel; transactions go through the outbox instead.
 CHANNEL_PROFILES = ("application", "infrastructure")
+# The profile of syslog records when SYSLOG_TOPIC gives them a topic of their own: hosted with the
+# application role, its options are the application profile's.
+SYSLOG = "syslog"
+
+
+def syslog_apart(settings: Settings) -> bool:
+    """Whether syslog records go to a topic other than the application stream's."""
+    return bool(settings.syslog_topic) and settings.syslog_topic != settings.application.topic
+
+
+def profile_settings(settings: Settings, name: str) -> ProfileSettings:
+    """A producer profile's settings: a shipper's, or syslog's (the application profile's, on SYSLOG_TOPIC)."""
+    if name == SYSLOG:
+        return dataclasses.replace(settings.application, topic=settings.syslog_topic)
+    return settings.profiles()[name]
 
 
 def profile_producer_config(settings: Settings, name: str) -> dict[str, Any]:
-    profile = settings.profiles()[name]
+    profile = profile_settings(settings, name)
     if profile.disk:
         # acks=1 can lose an acknowledged record in a leader change, which would defeat the spool;
         # idempotence keeps each key's order through retries.
@@ -125,9 +140,10 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
 
     def profile(name: str) -> ProducerProfile:
         config = profile_producer_config(settings, name)
+        options = profile_settings(settings, name)
         return ProducerProfile(
             name,
-            settings.profiles()[name],
+            options,
             KafkaProducer(config),
             metrics,
             flush_timeout=settings.flush_timeout,
@@ -138,17 +154,21 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
             ),
             recreate=lambda: KafkaProducer(config),
             probe_timeout=settings.ready_timeout,
-            spooled=settings.profiles()[name].disk,
+            spooled=options.disk,
         )
 
-    return {name: profile(name) for name in CHANNEL_PROFILES if name in settings.role_set()}
+    names = [name for name in CHANNEL_PROFILES if name in settings.role_set()]
+    if "application" in names and syslog_apart(settings):
+        # Its own buffer, breaker, dead-letter topic and (in disk mode) spool.
+        names.append(SYSLOG)
+    return {name: profile(name) for name in names}
 
 
 def build_spools(settings: Settings, metrics: Metrics, profiles: dict[str, ProducerProfile]) -> dict[str, Spool]:
     """The spools of the disk-mode streams this process hosts."""
     spools: dict[str, Spool] = {}
     for name, profile in profiles.items():
-        options = settings.profiles()[name]
+        options = profile_settings(settings, name)
         if options.disk:
             spools[name] = Spool(
                 Store(Path(settings.spool_directory), name),
@@ -173,6 +193,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     profiles = settings.profiles()
     specs = [TopicSpec(profile.topic, partitions) for profile in profiles.values()]
     specs += [TopicSpec(profiles[name].dead_letter_topic, partitions) for name in CHANNEL_PROFILES]
+    if syslog_apart(settings):
+        syslog = profile_settings(settings, SYSLOG)
+        specs += [TopicSpec(syslog.topic, partitions), TopicSpec(syslog.dead_letter_topic, partitions)]
     specs.append(TopicSpec(settings.checkpoint_topic, 1, {"cleanup.policy": "compact"}))
     return specs
 
@@ -254,6 +277,8 @@ class Listener:
     # A shipper's listener: its stream and admission, which its socket listeners share (syslog, forward).
     stream: Stream | None = None
     admission: Admission | None = None
+    # The application listener's syslog records, when SYSLOG_TOPIC gives them a stream of their own.
+    syslog_stream: Stream | None = None
 
 
 def build_listeners(
@@ -272,21 +297,31 @@ def build_listeners(
     def probe(name: str) -> ReadyCheck:
         return component("kafka", lambda: profiles[name].probe(settings.ready_timeout))
 
+    async def syslog_probe() -> str | None:
+        reason = await profiles[SYSLOG].probe(settings.ready_timeout)
+        return None if reason is None else f"syslog: {reason}"
+
     async def no_database() -> str:
         return "DATABASE_URL is not set: transactions need the PostgreSQL outbox"
 
     streams: dict[str, Stream] = {}
     checks: dict[str, list[ReadyCheck]] = {}
     spools = spools or {}
+    syslog_stream: Stream | None = None
     if "application" in roles:
         streams["application"] = application.stream(settings, profiles["application"], spools.get("application"))
         checks["application"] = [probe("application")]
+        if SYSLOG in profiles:
+            syslog_stream = application.stream(settings, profiles[SYSLOG], spools.get(SYSLOG))
     if "infrastructure" in roles:
         streams["infrastructure"] = infrastructure.stream(settings, profiles["infrastructure"], spools.get("infrastructure"))
         checks["infrastructure"] = [probe("infrastructure")]
     for name, spool in spools.items():
         # A disk-mode stream takes events while Kafka is away: its readiness is its spool's.
         checks[name] = [spool.ready]
+    if syslog_stream is not None:
+        # The application listener takes syslog records too: it is ready when both streams are.
+        checks["application"] += checks.pop(SYSLOG, [component("kafka", syslog_probe)])
     if "transaction" in roles:
         streams["transaction"] = transaction.stream(settings, outbox.writer if outbox else None)
         # Transactions are accepted into the outbox while Kafka is away: readiness is PostgreSQL's.
@@ -325,7 +360,9 @@ def build_listeners(
         if name == "gateway":
             status_page.register(app, metrics, {route.path: route.stream for route in routes})
         pipeline = Pipeline(name, [bind(route) for route in routes], app, metrics, tracer, limits)
-        return Listener(port, app, pipeline, streams.get(name), admissions.get(name))
+        return Listener(
+            port, app, pipeline, streams.get(name), admissions.get(name), syslog_stream if name == "application" else None
+        )
 
     listeners = {name: listener(name, checks[name], getattr(settings, f"{name}_port")) for name in streams}
     if "gateway" in roles:
@@ -485,7 +522,7 @@ async def run(
                     assert application_listener.admission is not None
                     for socket_listener in build_socket_listeners(
                         settings, metrics, application_listener.stream, application_listener.admission, tracer,
-                        syslog_tls=syslog_tls,
+                        syslog_stream=application_listener.syslog_stream, syslog_tls=syslog_tls,
                     ):
                         bound = await serving.start(socket_listener.run, shutdown.wait)
                         for name, bound_addresses in bound.items():

@@ -170,3 +170,34 @@ def test_only_the_channel_profiles_get_a_dead_letter_topic() -> None:
         settings.infrastructure.topic, settings.infrastructure.dead_letter_topic,
         settings.transaction.topic, settings.checkpoint_topic,
     }, "the relay writes no dead letters: no transaction .dlq topic is created"
+
+
+def test_a_syslog_topic_of_its_own_is_created_with_its_dead_letter_topic() -> None:
+    env = unique_topics_env()
+    plain = {spec.name for spec in topic_specs(load_settings(env))}
+    syslog_topic = env["APPLICATION_TOPIC"].replace("application-logs", "syslog")
+    settings = load_settings({**env, "SYSLOG_TOPIC": syslog_topic})
+    specs = {spec.name: spec for spec in topic_specs(settings)}
+    assert set(specs) == plain | {syslog_topic, f"{syslog_topic}.dlq"}
+    assert specs[syslog_topic].partitions == specs[f"{syslog_topic}.dlq"].partitions == settings.topic_partitions
+    # The application stream's own topic named again: nothing apart, nothing more to create.
+    same = load_settings({**env, "SYSLOG_TOPIC": env["APPLICATION_TOPIC"]})
+    assert {spec.name for spec in topic_specs(same)} == plain
+
+
+async def test_without_kafka_the_syslog_stream_holds_the_application_listener_back_too() -> None:
+    env = no_kafka_env()
+    settings = load_settings({**env, "SYSLOG_TOPIC": env["APPLICATION_TOPIC"].replace("application-logs", "syslog")})
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        assert set(runtime.profiles) == {"application", "infrastructure", "syslog"}
+        assert runtime.profiles["syslog"].topic == settings.syslog_topic
+        assert runtime.profiles["syslog"].dead_letter_topic == f"{settings.syslog_topic}.dlq"
+        async with httpx.AsyncClient() as client:
+            for listener in ("application", "gateway"):
+                with trio.fail_after(10):
+                    ready = await client.get(f"{runtime.url(listener)}/ready")
+                assert ready.status_code == 503
+                reasons = ready.json()["reasons"]
+                assert any(reason.startswith("syslog: ") for reason in reasons), reasons
+        runtime.shutdown()

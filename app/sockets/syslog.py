@@ -1,9 +1,10 @@
 """Syslog listeners: UDP and TCP on ``SYSLOG_PORT``, TLS (RFC 5425) on ``SYSLOG_TLS_PORT``.
 
 Framing and parsing are :mod:`app.dialects.syslog`'s; this module moves bytes. TCP and TLS hand
-each read's messages to the application stream as one batch and read no more until the stream
-took it (backpressure: the sender's queue holds the rest). UDP cannot hold a sender back: what
-the stream refuses is dropped and counted in ``syslog_dropped_total{reason}``.
+each read's messages to the application stream (or syslog's own, with ``SYSLOG_TOPIC``) as one
+batch and read no more until the stream took it (backpressure: the sender's queue holds the rest).
+UDP cannot hold a sender back: what the stream refuses is dropped and counted in
+``syslog_dropped_total{reason}``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SyslogConfig:
 
 
 class SyslogListeners:
-    """The syslog listeners of one process, feeding one application stream."""
+    """The syslog listeners of one process, feeding one stream (the application stream, or syslog's own)."""
 
     def __init__(
         self, config: SyslogConfig, submitters: Submitters, metrics: Metrics, tls: ServerTLS | None = None

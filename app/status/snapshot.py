@@ -16,7 +16,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 SERVICES = ("application", "infrastructure", "transaction")
+# Series of a stream drawn in another's card: syslog records with a topic of their own (SYSLOG_TOPIC)
+# are still the application shipper's, taken by its listener under its rate limit.
+PART_OF = {"syslog": "application"}
 BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
+# When two streams share a card, the worse breaker shows.
+_BREAKER_RANK = {"closed": 0, "half-open": 1, "open": 2}
 # The native routes by path prefix, for a registry read without the route tables (the page's own
 # tests); the gateway hands its route table to :func:`snapshot`, which covers every dialect.
 ROUTE_PREFIXES = {
@@ -106,18 +111,22 @@ def snapshot(registry: CollectorRegistry, routes: Mapping[str, str] | None = Non
     for family in registry.collect():
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
-            service = services.get(labels.get("service", ""))
+            label = labels.get("service", "")
+            label = PART_OF.get(label, label)
+            service = services.get(label)
             if name in SERVICE_COUNTERS:
                 if service is not None:
                     service[SERVICE_COUNTERS[name]] += value
             elif name == "producer_buffer_fill_ratio" and service is not None:
-                service["bufferFill"] = value
+                service["bufferFill"] = max(value, service["bufferFill"] or 0.0)
             elif name == "producer_buffer_events" and service is not None:
-                service["bufferEvents"] = value
+                service["bufferEvents"] = value + (service["bufferEvents"] or 0.0)
             elif name == "producer_circuit_breaker_state" and service is not None:
-                service["breaker"] = BREAKER_STATES.get(int(value), "unknown")
-            elif name.startswith("kafka_producer_send_duration_seconds") and labels.get("service") in send:
-                _histogram_sample(send[labels["service"]], name, labels, value)
+                state = BREAKER_STATES.get(int(value), "unknown")
+                if _BREAKER_RANK.get(state, 3) >= _BREAKER_RANK.get(service["breaker"], -1):
+                    service["breaker"] = state
+            elif name.startswith("kafka_producer_send_duration_seconds") and label in send:
+                _histogram_sample(send[label], name, labels, value)
             elif name in SPOOL_SERIES and service is not None:
                 spool = service["spool"] = service["spool"] or {field: 0.0 for field in SPOOL_SERIES.values()}
                 spool[SPOOL_SERIES[name]] += value

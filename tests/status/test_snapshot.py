@@ -102,3 +102,29 @@ def test_consumer_lag_sums_partitions_per_group_and_topic_and_keeps_the_longest_
         ("audit", "transaction-logs", 0, 1), ("log-processors", "application-logs", 9, 2),
     ]
     assert consumers[0]["oldestAge"] == 0 and consumers[1]["oldestAge"] > 1_000_000  # waited since 1970
+
+
+def test_a_syslog_stream_of_its_own_counts_in_the_application_card_with_the_worse_gauges() -> None:
+    metrics = Metrics()
+    metrics.producer_success.labels("application", "logs").inc(10)
+    metrics.producer_success.labels("syslog", "syslog").inc(5)
+    metrics.lost.labels("syslog").inc(2)
+    metrics.buffer_fill.labels("application").set(0.1)
+    metrics.buffer_fill.labels("syslog").set(0.9)
+    metrics.buffer_events.labels("application").set(3)
+    metrics.buffer_events.labels("syslog").set(4)
+    metrics.breaker_state.labels("application").set(0)
+    metrics.breaker_state.labels("syslog").set(1)
+    metrics.send_duration.labels("syslog", "syslog").observe(0.002)
+    metrics.spool_events.labels("syslog").set(6)
+
+    application = snapshot(metrics.registry)["services"]["application"]
+    assert (application["acked"], application["lost"]) == (15, 2)
+    assert (application["bufferFill"], application["bufferEvents"]) == (0.9, 7)
+    assert application["breaker"] == "open"
+    assert application["send"]["count"] == 1
+    assert application["spool"]["events"] == 6
+
+    metrics.breaker_state.labels("syslog").set(0)
+    metrics.breaker_state.labels("application").set(2)
+    assert snapshot(metrics.registry)["services"]["application"]["breaker"] == "half-open"
