@@ -25,7 +25,7 @@ import trio
 
 from app.dialects.collectd import metric_name
 from app.runtime import Runtime
-from tests.dialects.test_prometheus_agent import readme_section, running_gateway
+from tests.dialects.test_prometheus_agent import agents_section, running_gateway
 from tests.kafka_reader import KafkaReader
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ LoadPlugin write_http
 
 
 def test_the_readme_shows_the_write_http_configuration_collectd_runs_with() -> None:
-    block = readme_section("collectd write_http").split("```\n", 1)[1].split("```", 1)[0]
+    block = agents_section("collectd write_http").split("```\n", 1)[1].split("```", 1)[0]
     shown = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
     config = collectd_config(Path("/tmp"), "h", "http://gateway:8082/collectd")
     tested = config[config.index("LoadPlugin write_http") :]
