@@ -507,7 +507,7 @@ class Settings:
     tls_reload_interval: Annotated[
         Interval,
         about(
-            "seconds between two looks at the certificate and key files' modification times "
+            "seconds between two looks at the certificate, key and client CA files' modification times "
             "(a change reloads them); 0: only SIGHUP reloads"
         ),
     ] = 5 * SECONDS
@@ -829,6 +829,12 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(
             f"MAX_EVENT_BYTES={settings.max_event_bytes} is refused: "
             f"MAX_EVENT_BYTES cannot exceed MAX_REQUEST_BYTES={settings.max_request_bytes}"
+        )
+    taken = {settings.infrastructure.topic, settings.transaction.topic, settings.checkpoint_topic}
+    if settings.syslog_topic and (settings.syslog_topic in taken or settings.syslog_topic.endswith(".dlq")):
+        raise SettingsError(
+            f"SYSLOG_TOPIC={settings.syslog_topic!r} is refused: it must not be another stream's topic, "
+            "the relay's checkpoints or a dead-letter topic"
         )
     if settings.topic_replication_factor == 0:
         raise SettingsError("TOPIC_REPLICATION_FACTOR=0 is refused: expected -1 (the broker's default) or 1 to 32767")

@@ -217,3 +217,9 @@ def test_replace_keeps_working_on_loaded_settings() -> None:
     settings = load_settings({})
     changed = dataclasses.replace(settings, upstream_connections=4)
     assert changed.upstream_connections == 4 and changed.application == settings.application
+
+
+@pytest.mark.parametrize("topic", ["infrastructure-logs", "transaction-logs", "application-logs.dlq"])
+def test_a_syslog_topic_that_is_another_streams_or_a_dead_letter_topic_is_refused(topic: str) -> None:
+    with pytest.raises(SettingsError, match="SYSLOG_TOPIC"):
+        load_settings({"SYSLOG_TOPIC": topic})
