@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m app",
         description="Run the gateway (8080) and the application (8081), infrastructure (8082) and "
         "transaction (8083) shippers in one process. Settings come from environment variables "
-        "(see the README's configuration table).",
+        "(see docs/configuration.md).",
     )
     parser.add_argument(
         "--role", help=f"comma-separated listeners to host, any of {', '.join(ROLES)} (default: all; ROLES)"

@@ -10,7 +10,7 @@ files anyway, and reads them again once it handles SIGHUP if they changed meanwh
 
 Only the first copy runs the host collector, so a host is sampled once, whatever N is.
 Each copy has its own metrics: a scrape of a shared port reads one copy, so scrape each copy
-on ports of its own (separate processes, see the README) when per-process series matter.
+on ports of its own (separate processes, see docs/operations.md) when per-process series matter.
 """
 
 from __future__ import annotations

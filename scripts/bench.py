@@ -25,7 +25,7 @@ single events at 64 connections, batches at 16. Events are log JSON of about 100
    handshake (at 64 connections its client dials a new one for most requests; at 16, few);
 3. the Strimzi Kafka Bridge 0.33.1 (Java, ``-Xmx512m``, the same producer settings): one record
    and 500 records per request. Its jars are taken from ``--bridge-lib`` (fetched with
-   ``ops/kafka-bridge/pom.xml`` when empty; Maven Central does not serve the bridge, so the README
+   ``ops/kafka-bridge/pom.xml`` when empty; Maven Central does not serve the bridge, so docs/benchmarks.md
    says how to build them); without them its rows say why they are missing;
 4. the bytes the broker stored for the same events with lz4 and without compression, and the
    gateway's peak RSS per configuration (the largest process, sampled during the run).

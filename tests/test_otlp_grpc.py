@@ -140,7 +140,7 @@ async def test_the_sdk_grpc_exporters_over_mutual_tls_with_the_certificate_as_th
     service, host = f"mtls-{uuid.uuid4().hex[:8]}", f"host-{uuid.uuid4().hex[:8]}"
     async with serving(env) as runtime:
         assert runtime.url("otlp-grpc").startswith("https://")
-        # As the README's "Mutual TLS and identities" configures an exporter (the key and certificate in one file here).
+        # As docs/security.md's "Mutual TLS and identities" configures an exporter (the key and certificate in one file here).
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", runtime.url("otlp-grpc"))
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(pki.ca_file))
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(collector))
