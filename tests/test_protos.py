@@ -41,7 +41,9 @@ def module_zip(path: str, version: str, files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, text in files.items():
-            archive.writestr(f"{path}@{version}/{name}", text)
+            # A fixed date, as the module proxy's zips have: the same files make the same bytes (and hash)
+            # however far apart two calls run.
+            archive.writestr(zipfile.ZipInfo(f"{path}@{version}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), text)
     return buffer.getvalue()
 
 
