@@ -5,8 +5,6 @@ topic: exactly once there and never in the application topic, their dead letters
 from __future__ import annotations
 
 import json
-import logging
-import logging.handlers
 import secrets
 import socket
 import time
@@ -28,6 +26,7 @@ from fluent import sender
 from app.runtime import Runtime
 from tests.kafka_reader import ConsumedRecord, KafkaReader
 from tests.sockets.conftest import endpoint, marker, metric, socket_gateway
+from tests.sockets.test_syslog import python_handler_sends
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +35,6 @@ pytestmark = pytest.mark.integration
 def syslog_env(socket_env: dict[str, str]) -> dict[str, str]:
     # The test's own topic suffix: the session deletes it (and its .dlq) at the end.
     return {**socket_env, "SYSLOG_TOPIC": socket_env["APPLICATION_TOPIC"].replace("application-logs", "syslog")}
-
-
-def sysloghandler_sends(address: tuple[str, int], kind: socket.SocketKind, ident: str, count: int) -> None:
-    handler = logging.handlers.SysLogHandler(address, socktype=kind)
-    handler.ident = f"{ident}: "
-    logger = logging.getLogger(f"syslog-topic-test-{ident}")
-    logger.propagate = False
-    logger.addHandler(handler)
-    try:
-        for index in range(count):
-            logger.warning("message %d from %s", index, ident)
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def fluent_logger_sends(address: tuple[str, int], tag: str, count: int) -> None:
@@ -94,8 +79,8 @@ async def test_syslog_over_tcp_and_udp_goes_to_its_topic_and_everything_else_to_
         assert {syslog_topic, f"{syslog_topic}.dlq"} <= set(topics), "created at start-up with the others"
 
         tcp, udp, http, forward = marker(), marker(), marker(), marker()
-        await trio.to_thread.run_sync(sysloghandler_sends, endpoint(runtime, "syslog-tcp"), socket.SOCK_STREAM, tcp, 200)
-        await trio.to_thread.run_sync(sysloghandler_sends, endpoint(runtime, "syslog-udp"), socket.SOCK_DGRAM, udp, 50)
+        await trio.to_thread.run_sync(python_handler_sends, endpoint(runtime, "syslog-tcp"), socket.SOCK_STREAM, tcp, 200)
+        await trio.to_thread.run_sync(python_handler_sends, endpoint(runtime, "syslog-udp"), socket.SOCK_DGRAM, udp, 50)
         await trio.to_thread.run_sync(fluent_logger_sends, endpoint(runtime, "forward"), forward, 30)
         batch = [{"source": http, "level": "INFO", "message": f"http {i}"} for i in range(20)]
         async with httpx.AsyncClient(base_url=runtime.url("application")) as client:
