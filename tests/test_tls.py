@@ -34,13 +34,7 @@ def listeners_tls(env: dict[str, str]) -> ServerTLS:
 
 async def served_serial(tls: ServerTLS, client: ssl.SSLContext) -> int:
     """The serial of the certificate a new handshake with ``tls`` is served, over an in-memory stream."""
-    server_end, client_end = trio.testing.memory_stream_pair()
-    server = trio.SSLStream(server_end, tls.context, server_side=True)
-    client_stream = trio.SSLStream(client_end, client, server_hostname="localhost")
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.do_handshake)
-            nursery.start_soon(client_stream.do_handshake)
+    _, client_stream = await connected(tls, client)
     return serial_of(client_stream.getpeercert(binary_form=True))
 
 
