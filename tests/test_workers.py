@@ -92,6 +92,16 @@ def copies_of(supervisor: trio.Process) -> set[int]:
     return {child.pid for child in psutil.Process(supervisor.pid).children()}
 
 
+async def kill_all(supervisor: trio.Process, copies: set[int]) -> None:
+    """What a failed test leaves: the supervisor, and the copies, which have sessions of their own."""
+    if supervisor.returncode is None:
+        supervisor.kill()
+        await supervisor.wait()
+    for pid in copies:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_a_signal_during_the_restart_pause_stops_everything(gateway_env: dict[str, str]) -> None:
     """SIGTERM while a dead copy waits to be started again: it is not started, and the supervisor exits 0."""
     port = free_port()
@@ -117,12 +127,7 @@ async def test_a_signal_during_the_restart_pause_stops_everything(gateway_env: d
             assert await supervisor.wait() == 0
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in seen)
     finally:
-        if supervisor.returncode is None:
-            supervisor.kill()
-            await supervisor.wait()
-        for pid in seen:  # the copies have sessions of their own: a killed supervisor leaves them running
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await kill_all(supervisor, seen)
 
 
 async def served_by(port: int, context: ssl.SSLContext) -> tuple[int, int]:
@@ -183,9 +188,4 @@ async def test_sighup_to_the_supervisor_reloads_the_certificate_of_every_copy(
         with trio.fail_after(60):
             assert await supervisor.wait() == 0
     finally:
-        if supervisor.returncode is None:
-            supervisor.kill()
-            await supervisor.wait()
-        for pid in seen:  # the copies have sessions of their own: a killed supervisor leaves them running
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await kill_all(supervisor, seen)
