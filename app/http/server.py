@@ -1,6 +1,6 @@
 """The HTTP listeners' server: hypercorn's trio worker, with each connection's start and end handled here.
 
-This is hypercorn's ``worker_serve`` (0.18) for one bind, with two changes:
+This is hypercorn's ``worker_serve`` (0.18) for one bind, with three changes:
 
 - TLS: each connection's handshake is completed here, within :data:`HANDSHAKE_TIMEOUT_SECONDS`,
   and its requests then carry ``scope["extensions"]["tls"]`` (:func:`app.tls.asgi_extension`):
@@ -14,6 +14,12 @@ This is hypercorn's ``worker_serve`` (0.18) for one bind, with two changes:
   unfixed in 0.18): a client that keeps sending a body the gateway refused early (405, 401, 415) on
   HTTP/2, through ALPN or with prior knowledge on a plain port, would otherwise stop the listener's
   nursery, and the process with it.
+- A connection the client closed is closed at once. hypercorn's trio ``TCPServer`` ends its read
+  loop on the client's EOF (a FIN, a TLS close_notify or a ragged end of TLS) but leaves the
+  keep-alive timer running in the connection's task group, whose end the socket's close awaits:
+  a client that closes an idle keep-alive connection would leave the server's socket in
+  CLOSE_WAIT, with its TLS buffers, for the whole ``keep_alive_timeout``. Once nothing more can be
+  read, :class:`_TCPServer` stops that timer and starts it no more.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import hypercorn.config
 import trio
+from hypercorn.events import Event, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -38,6 +45,22 @@ log = logging.getLogger(__name__)
 
 # A handshake not done by then is dropped: a client that opens connections and sends nothing holds little.
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's connection, closed as soon as its client has closed it (see the module's docstring)."""
+
+    _read_ended = False
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        self._read_ended = True
+        await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and self._read_ended:
+            return  # no request can come any more: nothing for a keep-alive timer to wait for
+        await super().protocol_send(event)
 
 
 class _WithTLS:
@@ -84,7 +107,7 @@ async def serve(
                 return
             connection_app = _WithTLS(wrapped, asgi_extension(served))
         try:
-            await TCPServer(connection_app, config, context, ConnectionState(lifespan_state.copy()), served)
+            await _TCPServer(connection_app, config, context, ConnectionState(lifespan_state.copy()), served)
         except Exception as error:  # see the module's docstring: this connection ends, the listener serves on
             log.debug("a connection ended on a server error: %r", error)
 

@@ -1,18 +1,27 @@
 """The HTTP listeners over TLS with real clients (curl, httpx; HTTP/1.1 and HTTP/2), mutual TLS and its
-identities, certificate reloads, and connections the server code cannot make stop a listener."""
+identities, certificate reloads, connections the server code cannot make stop a listener, and connections
+a client closed, which the server closes at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import socket
 import ssl
+import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import h2.connection
+import h2.events
+import h11
 import httpx
+import psutil
 import pytest
 import trio
 
@@ -21,6 +30,8 @@ from app.runtime import Runtime, run
 from tests.kafka_reader import KafkaReader
 from tests.pki import Pki, make_pki, serial_of
 from tests.processes import GatewayProcess
+
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +239,143 @@ async def test_sighup_reloads_the_certificate_of_a_gateway_process(gateway_env: 
         assert await process.stop() == 0
     finally:
         await process.close()
+
+
+def accepted_sockets(port: int) -> set[str]:
+    """This process's sockets the server accepted on ``port`` (the clients' are on other ports), by their
+    ``socket:[inode]`` names, which :func:`still_held` finds again once the kernel no longer lists them by port."""
+    found = set()
+    for connection in psutil.Process().net_connections("tcp"):
+        if connection.laddr.port == port and connection.status != "LISTEN":
+            with contextlib.suppress(OSError):
+                found.add(os.readlink(f"/proc/self/fd/{connection.fd}"))
+    return found
+
+
+def still_held(sockets: set[str]) -> set[str]:
+    """Those of ``sockets`` a file descriptor of this process still holds. (A reset socket leaves the kernel's
+    table of connections at once; its descriptor, and what the server keeps for it, stay until it is closed.)"""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return sockets & held
+
+
+LOG, JSON = json.dumps(log("closed-by-client", "m")).encode(), {"Content-Type": "application/json"}
+
+
+async def keep_alive_request(stream: Stream) -> None:
+    """A log event posted on ``stream`` (as the benchmark's hey posts them) and the whole answer read, the
+    connection kept alive as clients keep it. (Quart's routes, /health, cancel their own answer's last step,
+    which would start the keep-alive timer: it is the ingest routes' connections that waited for it.)"""
+    client = h11.Connection(h11.CLIENT)
+    headers = [("Host", "gateway"), ("Content-Type", "application/json"), ("Content-Length", str(len(LOG)))]
+    request = h11.Request(method="POST", target="/api/v1/logs", headers=headers)
+    await stream.send_all(client.send(request) + client.send(h11.Data(data=LOG)) + client.send(h11.EndOfMessage()))
+    status = 0
+    while not isinstance(event := client.next_event(), h11.EndOfMessage):
+        if event is h11.NEED_DATA:
+            client.receive_data(bytes(await stream.receive_some(65536)))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+    assert status == 202
+
+
+async def http2_request(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    """:func:`keep_alive_request` over HTTP/2 (ALPN h2)."""
+    assert stream.selected_alpn_protocol() == "h2"
+    client = h2.connection.H2Connection()
+    client.initiate_connection()
+    headers = [
+        (":method", "POST"), (":path", "/api/v1/logs"), (":scheme", "https"), (":authority", "gateway"),
+        ("content-type", "application/json"), ("content-length", str(len(LOG))),
+    ]
+    client.send_headers(1, headers)
+    client.send_data(1, LOG, end_stream=True)
+    status, ended = b"", False
+    while not ended:
+        await stream.send_all(client.data_to_send())
+        data = await stream.receive_some(65536)
+        assert data, "the server closed the connection"
+        for event in client.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers or [])[b":status"]
+            ended = ended or isinstance(event, h2.events.StreamEnded)
+    await stream.send_all(client.data_to_send())
+    assert status == b"202"
+
+
+def reset(stream: Stream) -> None:
+    """Make the socket's close a TCP reset: no FIN, no close_notify."""
+    sock = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def opened_mid_handshake(port: int, context: ssl.SSLContext) -> trio.SocketStream:
+    """A connection whose client sent its ClientHello and read the server's answer, and goes no further."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    outgoing = ssl.MemoryBIO()
+    handshake = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    await stream.send_all(outgoing.read())
+    assert (await stream.receive_some(65536))[:1] == b"\x16", "the server's handshake record"
+    return stream
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+async def test_connections_a_client_closed_are_closed_by_the_server_at_once(
+    gateway_env: dict[str, str], pki: Pki, tls: bool
+) -> None:
+    """Well before the keep-alive timeout (75 s), whatever way the client went: a TLS close_notify, a FIN without
+    one, a reset, after a request or none, over HTTP/1.1 or HTTP/2, in the middle of the handshake, or an httpx
+    client closed."""
+    settings = load_settings({**gateway_env, **(pki.env() if tls else {})})
+    context, http2_context = pki.client_context(), pki.client_context()
+    http2_context.set_alpn_protocols(["h2"])
+    per_way = 5
+    async with serving(settings, context, "application") as runtime:
+        url = runtime.url("application")
+        port = int(url.rsplit(":", 1)[1])
+        closes: list[Callable[[], Awaitable[None]]] = []
+
+        async def opened_tls(client_context: ssl.SSLContext = context) -> trio.SSLStream[trio.SocketStream]:
+            stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=client_context)
+            await stream.do_handshake()
+            return stream
+
+        async def opened() -> Stream:
+            return await opened_tls() if tls else await trio.open_tcp_stream("127.0.0.1", port)
+
+        with trio.fail_after(30):
+            for _ in range(per_way):
+                served = await opened()
+                await keep_alive_request(served)
+                closes.append(served.aclose)  # over TLS: close_notify first (trio's SSLStream sends it)
+                if tls:
+                    closes.append((with_fin := await opened_tls()).transport_stream.aclose)  # no close_notify
+                    await keep_alive_request(with_fin)
+                reset(with_reset := await opened())
+                await keep_alive_request(with_reset)
+                closes.append(with_reset.aclose)
+                closes.append((await opened()).aclose)  # no request at all
+                if tls:
+                    await http2_request(over_h2 := await opened_tls(http2_context))
+                    closes.append(over_h2.transport_stream.aclose)  # no GOAWAY, no close_notify
+                    closes.append((await opened_mid_handshake(port, context)).aclose)
+            for http2 in (False, True):
+                async with httpx.AsyncClient(verify=context, http2=http2, timeout=5) as client:
+                    assert (await client.post(f"{url}/api/v1/logs", content=LOG, headers=JSON)).status_code == 202
+            accepted = accepted_sockets(port)
+            assert len(accepted) >= len(closes), "every connection above is open on the server"
+
+        for close in closes:
+            await close()
+        with trio.move_on_after(5):
+            while still_held(accepted):
+                await trio.sleep(0.1)
+        left = still_held(accepted)
+        assert not left, f"{len(left)} of the {len(accepted)} sockets the clients closed are still open on the server"
+        async with httpx.AsyncClient(verify=context, timeout=5) as client:
+            assert (await client.get(f"{url}/health")).status_code == 200, "the listener serves on"
