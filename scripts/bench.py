@@ -628,6 +628,10 @@ def baseline_worktree(commit: str) -> Iterator[Baseline]:
     try:
         print(f"baseline {short}: worktree at {path}", file=sys.stderr, flush=True)
         subprocess.run(worktree_add_command(path, full), check=True)
+        protos = path / "scripts" / "protos.py"
+        if protos.exists():  # from 37b56c1 on, a tree compiles its protobuf modules (not committed) itself
+            cache = ROOT / ".local" / "protos"
+            subprocess.run([sys.executable, str(protos), "--cache", str(cache)], check=True, cwd=path, timeout=300)
         where = imports_from(path)
         if not where.is_relative_to(path.resolve()):
             raise SystemExit(f"--baseline: python -m app in {path} imports app from {where}")
