@@ -34,7 +34,7 @@ from app.core import NoTracer, Tracer
 from app.db.database import Database
 from app.gateway.upstream import Upstream
 from app.http.actuator import component
-from app.http.listener import ReadyCheck, create_listener_app, watch_readiness
+from app.http.listener import ReadyCheck, ReadyNotice, create_listener_app, watch_readiness
 from app.http.pipeline import BodyLimits, Entry, Forward, Ingest, Lookup, Pipeline
 from app.http.routes import Configured, Route, table
 from app.http.server import serve as serve_http
@@ -316,9 +316,12 @@ def build_listeners(
     if "infrastructure" in roles:
         streams["infrastructure"] = infrastructure.stream(settings, profiles["infrastructure"], spools.get("infrastructure"))
         checks["infrastructure"] = [probe("infrastructure")]
+    notices: dict[str, list[ReadyNotice]] = {}
     for name, spool in spools.items():
-        # A disk-mode stream takes events while Kafka is away: its readiness is its spool's.
+        # A disk-mode stream takes events while Kafka is away: its readiness is its spool's. Damaged
+        # data its spool set aside is on /ready too, without making it unready (Spool.notice says why).
         checks[name] = [spool.ready]
+        notices.setdefault("application" if name == SYSLOG else name, []).append(spool.notice)  # syslog: on 8081
     if syslog_stream is not None:
         # The application listener takes syslog records too: it is ready when both streams are.
         checks["application"] += checks.pop(SYSLOG, [component("kafka", syslog_probe)])
@@ -356,7 +359,10 @@ def build_listeners(
 
     def listener(name: str, ready: list[ReadyCheck], port: int) -> Listener:
         routes = listener_routes(name)
-        app = create_listener_app(name, metrics, ready, routes, max_request_bytes=settings.max_request_bytes)
+        app = create_listener_app(
+            name, metrics, ready, routes, max_request_bytes=settings.max_request_bytes,
+            notices=notices.get("application" if name == "gateway" else name, []),
+        )
         if name == "gateway":
             status_page.register(app, metrics, {route.path: route.stream for route in routes})
         pipeline = Pipeline(name, [bind(route) for route in routes], app, metrics, tracer, limits)

@@ -29,6 +29,8 @@ from app.observability.tracing import valid_request_id
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[str | None]]
+# What ``/ready`` reports without being unready for it (damaged spool data set aside), or None.
+ReadyNotice = Callable[[], str | None]
 
 
 READY_CHECKS_KEY = "GATEWAY_READY_CHECKS"
@@ -70,9 +72,10 @@ def create_listener_app(
     routes: Sequence[Route],
     *,
     max_request_bytes: int,
+    notices: Sequence[ReadyNotice] = (),
 ) -> QuartTrio:
     """An app serving ``/health``, ``/ready``, ``/metrics`` and ``/openapi.json`` (which documents
-    ``routes`` too), with JSON error answers."""
+    ``routes`` too), with JSON error answers. ``/ready`` lists ``notices`` too, ready or not."""
     app = QuartTrio(f"gateway.{name}")
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.config["BODY_TIMEOUT"] = 30
@@ -123,9 +126,11 @@ def create_listener_app(
     @app.get("/ready")
     async def ready() -> Response:
         reasons = await readiness(name, ready_checks, metrics)
+        found = [notice for notice in (each() for each in notices) if notice is not None]
+        noted = {"notices": found} if found else {}
         if reasons:
-            return json_response({"status": "unavailable", "listener": name, "reasons": reasons}, 503)
-        return json_response({"status": "ready", "listener": name}, 200)
+            return json_response({"status": "unavailable", "listener": name, "reasons": reasons, **noted}, 503)
+        return json_response({"status": "ready", "listener": name, **noted}, 200)
 
     @app.get("/openapi.json")
     async def openapi_document() -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -11,8 +12,9 @@ import pytest
 import trio
 
 from app.config import Settings, load_settings
-from app.runtime import Runtime, profile_producer_config
+from app.runtime import Runtime, profile_producer_config, run
 from app.spool.store import Store
+from tests.conftest import wait_ready
 from tests.kafka_reader import KafkaReader
 
 pytestmark = pytest.mark.integration
@@ -86,3 +88,29 @@ async def test_each_key_reaches_kafka_in_the_order_its_events_were_accepted(
             mine = [m for m in mine if m.startswith(f"{worker}:")]
             positions = [tuple(int(x) for x in m.split(":")[1:]) for m in mine]
             assert positions == sorted(positions), (key, worker)
+
+
+async def test_damaged_spool_data_is_reported_on_ready_and_the_stream_stays_ready(
+    settings: Settings, kafka: KafkaReader
+) -> None:
+    directory = Path(settings.spool_directory)
+    directory.mkdir(parents=True)
+    (directory / "application.sqlite").write_bytes(b"not a spool at all " * 1000)
+    async with trio.open_nursery() as nursery:
+        runtime: Runtime = await nursery.start(partial(run, settings, handle_signals=False))
+        for listener in runtime.addresses:
+            await wait_ready(runtime.url(listener))
+        async with httpx.AsyncClient() as client:
+            for listener in ("application", "gateway"):
+                ready = await client.get(runtime.url(listener) + "/ready")
+                assert ready.status_code == 200, ready.text
+                [notice] = ready.json()["notices"]
+                assert "application spool" in notice and str(directory / "quarantine") in notice, notice
+            answer = await client.post(
+                runtime.url("application") + "/api/v1/logs", json={"source": "s", "level": "INFO", "message": "after"}
+            )
+            assert answer.status_code == 202, answer.text
+        [record] = await kafka.read(runtime.profiles["application"].topic, count=1, settle=0.5)
+        assert record.headers["event-id"].decode() == answer.json()["eventId"]
+        assert list((directory / "quarantine").glob("application-*.sqlite"))
+        runtime.shutdown()
