@@ -40,7 +40,7 @@ from app.http.routes import Configured, Route, table
 from app.http.server import serve as serve_http
 from app.kafka.admin import TopicSpec, maintain_topics
 from app.kafka.connection import connection_config
-from app.kafka.lag import lag_reader
+from app.kafka.lag_process import lag_process
 from app.kafka.producer import KafkaProducer, producer_config
 from app.otlp_grpc import serve_otlp_grpc
 from app.observability.consumer_lag import watch_consumer_lag
@@ -479,7 +479,7 @@ async def run(
             await background.start(upstream.run)
         if settings.lag_interval > 0:
             await background.start(
-                partial(watch_consumer_lag, lag_reader(settings), metrics.consumer_lag, interval=settings.lag_interval)
+                partial(watch_consumer_lag, lag_process(settings), metrics.consumer_lag, interval=settings.lag_interval)
             )
 
         async with trio.open_nursery() as producers:

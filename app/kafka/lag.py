@@ -310,14 +310,3 @@ def lag_topics(settings: Settings) -> list[str]:
         settings.transaction.topic,
     ]
 
-
-def lag_reader(settings: Settings) -> LagReader:
-    """The reader configured by LAG_GROUPS, LAG_MAX_GROUPS and LAG_TIMEOUT."""
-    return LagReader(
-        connection_config(settings),
-        topics=lag_topics(settings),
-        groups=[group.strip() for group in settings.lag_groups.split(",") if group.strip()],
-        max_groups=settings.lag_max_groups,
-        timeout=settings.lag_timeout,
-        client_id=settings.kafka_client_id,
-    )

@@ -3,8 +3,9 @@
 ``kafka_consumergroup_lag{group,topic,partition}`` is the records a group has yet to consume
 (end offset minus committed offset), ``kafka_consumergroup_lag_seconds`` how long the oldest of
 them has waited (now minus its timestamp: it grows between two readings, as the wait does), 0
-for a partition the group has caught up with. The reading is taken every LAG_INTERVAL off the
-trio thread by :func:`watch_consumer_lag`; scrapes only read it.
+for a partition the group has caught up with. The reading is taken every LAG_INTERVAL by
+:func:`watch_consumer_lag`, in a child process (app/kafka/lag_process.py says why); scrapes only
+read it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.kafka.errors import KafkaError
-from app.kafka.lag import LagReader, LagReading, PartitionLag
+from app.kafka.lag import LagReading, PartitionLag
+from app.kafka.lag_process import LagProcess
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +91,19 @@ class ConsumerLag(Collector):
 
 
 async def watch_consumer_lag(
-    reader: LagReader,
+    reader: LagProcess,
     lag: ConsumerLag,
     *,
     interval: float,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Read the lag every ``interval`` seconds into ``lag``, until cancelled."""
-    limiter = trio.CapacityLimiter(1)
     last_error: str | None = None
     task_status.started()
     try:
         while True:
             try:
-                # Abandoned on cancel: shutdown does not wait for a cluster that does not answer.
-                reading = await trio.to_thread.run_sync(reader.read, abandon_on_cancel=True, limiter=limiter)
+                reading = await reader.read()
             except KafkaError as error:
                 lag.fail()
                 if str(error) != last_error:  # once per distinct error, not at every round
@@ -116,5 +116,4 @@ async def watch_consumer_lag(
                 lag.update(reading)
             await trio.sleep(interval)
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-            await trio.to_thread.run_sync(reader.close, abandon_on_cancel=True)
+        await reader.aclose()  # shielded, within its own deadline

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
 
 import confluent_kafka
 import pytest
+import trio
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 
 from app.kafka.errors import KafkaUnavailable
 from app.kafka.lag import LagReader, PartitionLag
+from app.kafka.lag_process import LagProcess, LagSpec
 from tests.conftest import SESSION_TOPIC_SUFFIXES, Infra
 from tests.processes import free_port
 
@@ -92,10 +96,61 @@ def test_a_cluster_that_does_not_answer_is_kafka_unavailable_within_the_timeout(
 
 
 @pytest.mark.integration
-def test_named_groups_on_a_cluster_that_does_not_answer_are_kafka_unavailable_too() -> None:
-    reader = LagReader({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, topics=["t"], groups=["a", "b"], timeout=1.0)
+async def test_named_groups_on_a_cluster_that_does_not_answer_are_kafka_unavailable_too() -> None:
+    # Through the child process, as the gateway asks: offsets of named groups are coordinator-bound admin requests.
+    reader = LagProcess(spec(f"127.0.0.1:{free_port()}", ["t"], groups=["a", "b"], timeout=1.0))
     try:
-        with pytest.raises(KafkaUnavailable):
-            reader.read()
+        with trio.fail_after(15), pytest.raises(KafkaUnavailable):
+            await reader.read()
     finally:
-        reader.close()
+        await reader.aclose()
+
+
+def spec(bootstrap_servers: str, topics: list[str], groups: list[str], timeout: float = 10.0) -> LagSpec:
+    return LagSpec(
+        {"bootstrap.servers": bootstrap_servers}, topics=topics, groups=groups, max_groups=100, timeout=timeout,
+        client_id="lag-test",
+    )
+
+
+@pytest.mark.integration
+async def test_the_child_process_reads_the_lag_and_an_abort_costs_one_round(
+    infra: Infra, lagging_group: tuple[str, str]
+) -> None:
+    topic, group = lagging_group
+    reader = LagProcess(spec(infra.kafka_bootstrap_servers, [topic], [group]))
+    try:
+        with trio.fail_after(60):
+            assert [(p.group, p.lag) for p in (await reader.read()).partitions] == [(group, 6), (group, 0)]
+            pid = reader.pid
+            assert pid is not None and pid != os.getpid()
+            # What librdkafka's failed assertion does to the process that runs the admin requests.
+            os.kill(pid, signal.SIGABRT)
+            with pytest.raises(KafkaUnavailable, match="killed by SIGABRT"):
+                await reader.read()
+            assert [(p.group, p.lag) for p in (await reader.read()).partitions] == [(group, 6), (group, 0)]
+            assert reader.restarts == 1 and reader.pid not in (None, pid)
+    finally:
+        await reader.aclose()
+    assert reader.pid is None
+
+
+@pytest.mark.integration
+async def test_a_child_that_stops_answering_is_killed_at_the_round_deadline(
+    infra: Infra, lagging_group: tuple[str, str]
+) -> None:
+    topic, group = lagging_group
+    reader = LagProcess(spec(infra.kafka_bootstrap_servers, [topic], [group], timeout=1.0), spare=1.0)
+    try:
+        with trio.fail_after(60):
+            await reader.read()
+            pid = reader.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            started = trio.current_time()
+            with pytest.raises(KafkaUnavailable, match="did not answer"):
+                await reader.read()
+            assert trio.current_time() - started < 5
+            assert (await reader.read()).partitions  # a new child
+    finally:
+        await reader.aclose()
