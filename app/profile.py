@@ -223,7 +223,7 @@ class ProducerProfile:
             async with self._poll_limiter:
                 self._apply(self._producer.poll(0))
                 for retired in list(self._retired):
-                    self._apply(retired.poll(0))
+                    self._apply(retired.poll(0), retired=True)
                     if not retired.queued():
                         self._retired.remove(retired)
                 self._send_pending()
@@ -279,7 +279,10 @@ class ProducerProfile:
 
     # -- delivery reports (trio thread) ----------------------------------------------
 
-    def _apply(self, deliveries: Deliveries) -> None:
+    def _apply(self, deliveries: Deliveries, *, retired: bool = False) -> None:
+        """Apply what a producer reported; a fatal error replaces the current producer, once for
+        however many of its clients report one, and never for a producer already replaced."""
+        replace = False
         if deliveries.delivered:
             self.breaker.record_success()
         for topic, count in deliveries.delivered.items():
@@ -305,7 +308,9 @@ class ProducerProfile:
                 self.breaker.trip("all brokers are down")
             if fatal:
                 self.breaker.trip(f"fatal producer error {name}")
-                self._replace_producer()
+                replace = not retired
+        if replace:
+            self._replace_producer()
         if deliveries.settled:
             self._room.set()
 

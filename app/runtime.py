@@ -141,10 +141,13 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
     def profile(name: str) -> ProducerProfile:
         config = profile_producer_config(settings, name)
         options = profile_settings(settings, name)
+        # A disk-mode stream follows every record (the spool deletes what Kafka acknowledged): no
+        # record goes uncounted there. In memory mode, those nobody follows are counted, not reported.
+        counted = None if options.disk else options.topic
         return ProducerProfile(
             name,
             options,
-            KafkaProducer(config),
+            KafkaProducer(config, counted_topic=counted),
             metrics,
             flush_timeout=settings.flush_timeout,
             breaker=CircuitBreaker(
@@ -152,7 +155,7 @@ def build_profiles(settings: Settings, metrics: Metrics) -> dict[str, ProducerPr
                 open_seconds=settings.breaker_open_seconds,
                 clock=trio.current_time,
             ),
-            recreate=lambda: KafkaProducer(config),
+            recreate=lambda: KafkaProducer(config, counted_topic=counted),
             probe_timeout=settings.ready_timeout,
             spooled=options.disk,
         )

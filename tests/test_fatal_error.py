@@ -52,12 +52,13 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-def confluent_producer(runtime: Runtime) -> confluent_kafka.Producer:
+def confluent_producers(runtime: Runtime) -> list[confluent_kafka.Producer]:
+    """The stream's librdkafka clients: the reporting one, and the one of the records nobody follows."""
     adapter = runtime.profiles["application"]._producer
     assert isinstance(adapter, KafkaProducer)
-    producer = adapter._producer
-    assert isinstance(producer, confluent_kafka.Producer)
-    return producer
+    producers = adapter._producers()
+    assert len(producers) == 2 and all(isinstance(p, confluent_kafka.Producer) for p in producers)
+    return producers
 
 
 def log(n: int, phase: str) -> dict[str, str]:
@@ -79,8 +80,8 @@ async def test_a_fatal_error_replaces_the_producer_and_loses_no_accepted_event(
     client_id = f"{gateway.settings.kafka_client_id}-application"
     metrics = gateway.metrics.registry
     topic = profile.topic
-    old = confluent_producer(gateway)  # kept referenced: its rd_kafka_t stays valid for the checks below
-    old_rk = librdkafka.client_handle(old, client_id)
+    old = confluent_producers(gateway)  # kept referenced: their rd_kafka_t stay valid for the checks below
+    old_rks = [librdkafka.client_handle(producer, client_id) for producer in old]
     accepted: list[str] = []
 
     with trio.fail_after(90):
@@ -89,18 +90,20 @@ async def test_a_fatal_error_replaces_the_producer_and_loses_no_accepted_event(
             response = await client.post("/api/v1/logs/batch", json={"logs": [log(n, "queued") for n in range(20)]})
             assert response.status_code == 202, response.text
             accepted += response.json()["eventIds"]
-            await wait_until(lambda: len(old) == 20, "the batch is in librdkafka's queue")
+            await wait_until(lambda: sum(len(producer) for producer in old) == 20, "the batch is in librdkafka's queue")
 
             # Hold the poll loop so the profile cannot see the error yet: the records accepted
-            # meanwhile go to the failed producer, as in the moment before a real error is polled.
+            # meanwhile go to the failed producers, as in the moment before a real error is polled.
+            # Both of the stream's clients fail, so that every record meets the error.
             async with profile._poll_limiter:
-                librdkafka.trigger_fatal_error(old, client_id, "injected by the fatal-error test")
-                assert librdkafka.fatal_error(old_rk) == ("_FENCED", "test_fatal_error: injected by the fatal-error test")
+                for producer, rk in zip(old, old_rks):
+                    librdkafka.trigger_fatal_error(producer, client_id, "injected by the fatal-error test")
+                    assert librdkafka.fatal_error(rk) == ("_FENCED", "test_fatal_error: injected by the fatal-error test")
                 for n in range(10):
                     accepted.append(await post_one(client, n, "window"))
                 await wait_until(lambda: profile._receive.statistics().current_buffer_used == 0, "handed over")
 
-            await wait_until(lambda: confluent_producer(gateway) is not old, "the producer is replaced")
+            await wait_until(lambda: confluent_producers(gateway)[0] is not old[0], "the producer is replaced")
             assert profile.breaker.state.name == "OPEN"
             refused = await client.post("/api/v1/logs", json=log(0, "refused"))
             assert refused.status_code == 503, refused.text
@@ -111,12 +114,11 @@ async def test_a_fatal_error_replaces_the_producer_and_loses_no_accepted_event(
             assert any("fatal producer error _FENCED" in reason for reason in ready.json()["reasons"]), ready.text
             assert metrics.get_sample_value("producer_circuit_breaker_state", {"service": "application"}) == 1
 
-            new = confluent_producer(gateway)
-            new_rk = librdkafka.client_handle(new, client_id)
-            assert new_rk != old_rk
-            assert librdkafka.library().rd_kafka_name(new_rk) != librdkafka.library().rd_kafka_name(old_rk)
-            assert librdkafka.fatal_error(new_rk) is None
-            assert librdkafka.fatal_error(old_rk) is not None
+            new_rks = [librdkafka.client_handle(producer, client_id) for producer in confluent_producers(gateway)]
+            names = {librdkafka.library().rd_kafka_name(rk) for rk in old_rks + new_rks}
+            assert len(names) == 4, "two new clients, none of the old ones"
+            assert all(librdkafka.fatal_error(rk) is None for rk in new_rks)
+            assert all(librdkafka.fatal_error(rk) is not None for rk in old_rks)
 
             # Nobody closes it: the probe does, once BREAKER_OPEN_SECONDS have passed.
             await wait_until(lambda: profile.breaker.state.name == "CLOSED", "the breaker closes by itself")
@@ -151,11 +153,11 @@ async def test_a_fatal_error_replaces_the_producer_and_loses_no_accepted_event(
         assert errors("_PURGE_QUEUE") + errors("_FATAL") == 30
     else:
         assert errors("_FATAL") == 0
-    assert metrics.get_sample_value("kafka_client_error_total", {"service": "application", "error": "_FENCED"}) == 1
+    assert metrics.get_sample_value("kafka_client_error_total", {"service": "application", "error": "_FENCED"}) == 2
     assert metrics.get_sample_value("producer_rejected_total", {"service": "application", "reason": "breaker"}) == 1
     messages = [r.getMessage() for r in caplog.records]
     assert "application producer: _FENCED: test_fatal_error: injected by the fatal-error test" in messages
-    assert "application: producer recreated after a fatal error" in messages
+    assert messages.count("application: producer recreated after a fatal error") == 1, "once for both clients"
     assert "application: Kafka answers again; circuit breaker closed" in messages
 
 
@@ -166,7 +168,7 @@ async def test_the_adapter_reports_a_fatal_error_that_flush_raises(settings: Set
     records = [Record(b"k", b"value %d" % n, []) for n in range(5)]
     # The topic does not exist (no gateway created it): the records wait in librdkafka's queue.
     assert producer.produce(settings.application.topic, records) == (5, [])
-    librdkafka.trigger_fatal_error(producer._producer, client_id, "raised from flush")
+    librdkafka.trigger_fatal_error(producer._producers()[0], client_id, "raised from flush")
 
     reports = Deliveries()
     with trio.fail_after(20):

@@ -9,13 +9,14 @@ their name in the cluster (``host:port/id``): as many values as the cluster has 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-StatisticsSource = Callable[[], str | None]
+# The latest JSON of a service's client, or of each of its clients (a memory-mode stream has two), or None.
+StatisticsSource = Callable[[], str | Sequence[str] | None]
 
 MICROSECONDS = 1e-6
 
@@ -70,6 +71,31 @@ _FAMILIES = (
 Samples = list[tuple[str, list[str], float]]
 
 
+def _merged(clients: list[_Statistics]) -> _Statistics:
+    """One service's clients as one: counts summed, each broker's round trip from the client that
+    made the most requests to it in the window."""
+    if len(clients) == 1:
+        return clients[0]
+    brokers: dict[str, _Broker] = {}
+    for client in clients:
+        for name, broker in client.brokers.items():
+            seen = brokers.get(name)
+            if seen is None:
+                brokers[name] = _Broker(
+                    broker.name, broker.nodeid, broker.outbuf_cnt, broker.waitresp_cnt, broker.txretries, broker.rtt
+                )
+                continue
+            seen.outbuf_cnt += broker.outbuf_cnt
+            seen.waitresp_cnt += broker.waitresp_cnt
+            seen.txretries += broker.txretries
+            if broker.rtt.cnt > seen.rtt.cnt:
+                seen.rtt = broker.rtt
+    return _Statistics(
+        msg_cnt=sum(c.msg_cnt for c in clients), msg_size=sum(c.msg_size for c in clients),
+        tx=sum(c.tx for c in clients), rx=sum(c.rx for c in clients), brokers=brokers,
+    )
+
+
 def _samples(service: str, stats: _Statistics) -> Samples:
     out: Samples = [
         ("kafka_client_queue_messages", [service], stats.msg_cnt),
@@ -96,7 +122,7 @@ class KafkaStatistics(Collector):
 
     def __init__(self) -> None:
         self._sources: dict[str, StatisticsSource] = {}
-        self._decoded: dict[str, tuple[str, Samples]] = {}
+        self._decoded: dict[str, tuple[tuple[str, ...], Samples]] = {}
 
     def watch(self, service: str, source: StatisticsSource) -> None:
         """Export the statistics ``source`` returns (the latest JSON string, or None) as ``service``'s."""
@@ -108,15 +134,16 @@ class KafkaStatistics(Collector):
     def collect(self) -> Iterable[Metric]:
         families = {family.name: family for family in self._families()}
         for service, source in self._sources.items():
-            raw = source()
-            if raw is None:
+            latest = source()
+            raw = (latest,) if isinstance(latest, str) else tuple(latest or ())
+            if not raw:
                 continue
             cached = self._decoded.get(service)
-            if cached is not None and cached[0] is raw:
+            if cached is not None and len(cached[0]) == len(raw) and all(a is b for a, b in zip(cached[0], raw)):
                 samples = cached[1]
             else:
                 try:
-                    samples = _samples(service, _decode(raw))
+                    samples = _samples(service, _merged([_decode(one) for one in raw]))
                 except msgspec.DecodeError:
                     continue
                 self._decoded[service] = (raw, samples)

@@ -83,6 +83,24 @@ def test_statistics_become_metrics_per_service_and_cluster_broker() -> None:
     assert brokers == {None, "127.0.0.1:9092/1", "127.0.0.1:9094/2"}
 
 
+def test_a_stream_s_two_producers_are_exported_as_one_client() -> None:
+    quiet = json.loads(STATISTICS)
+    quiet.update(msg_cnt=1, msg_size=100, tx=5, rx=5)
+    quiet["brokers"]["127.0.0.1:9092/1"] = broker("127.0.0.1:9092/1", 1, rtt_count=2, txretries=1)
+    quiet["brokers"]["127.0.0.1:9092/1"]["rtt"].update(p50=50_000, p99=90_000, avg=60_000)
+    stats = KafkaStatistics()
+    stats.watch("application", lambda: (STATISTICS, json.dumps(quiet)))
+    found = scrape(stats)
+    assert value(found, "kafka_client_queue_messages", service="application") == 13
+    assert value(found, "kafka_client_queue_bytes", service="application") == 3556
+    assert value(found, "kafka_client_requests_total", service="application") == 85
+    assert value(found, "kafka_client_retries_total", service="application") == 4 + 2
+    b1 = {"service": "application", "broker": "127.0.0.1:9092/1"}
+    assert value(found, "kafka_broker_waitresp_requests", **b1) == 10
+    # The round trip of the producer that made most requests in the window (17 against 2).
+    assert value(found, "kafka_broker_rtt_seconds", **b1, quantile="0.99") == pytest.approx(0.008)
+
+
 def test_nothing_is_exported_before_the_first_statistics_or_for_a_broken_string() -> None:
     latest: list[str | None] = [None]
     stats = KafkaStatistics()

@@ -71,7 +71,8 @@ async def test_status_json_counts_what_was_posted(gateway: Runtime) -> None:
         service = (await status_json(status))["services"]["application"]
     assert service["acked"] == 26
     assert service["requests"] == {"202": 7}
-    assert service["send"]["count"] == 26 and service["send"]["counts"][-1] <= 26
+    # Delivery latencies are sampled in memory mode (a request per 100 ms, the first one among them).
+    assert 1 <= service["send"]["count"] <= 26 and service["send"]["counts"][-1] <= service["send"]["count"]
     assert service["http"]["count"] == 7
     assert service["errors"] == service["lost"] == service["deadLetters"] == 0
     assert service["bufferFill"] == 0.0 and service["bufferEvents"] == 0.0
