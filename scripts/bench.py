@@ -7,8 +7,8 @@ single events at 64 connections, batches at 16. Events are log JSON of about 100
 
 1. ceilings: a raw confluent-kafka produce loop with the application profile's librdkafka
    configuration producing the very records the gateway writes for the events (value with event
-   id and times, key, the event-id/traceparent/x-request-id headers; events acknowledged per
-   second), the same loop with the events' JSON alone and no headers for reference, and a bare
+   id and times, key, the event-id/traceparent/x-request-id headers; reports of failures only,
+   as the gateway's producer of records nobody follows; events acknowledged per second), the same loop with the events' JSON alone and no headers for reference, and a bare
    ASGI callable on hypercorn-trio that parses the body with msgspec and answers 202 (requests
    per second);
 2. the gateway, ``python -m app`` as its own process: single events on 8081 and through 8080,
@@ -466,12 +466,16 @@ def raw_producer(name: str, bootstrap: str, topic: str, records: list[RawRecord]
     the loop and the flush: every thread of it, so librdkafka's too (as a gateway's figure has its
     librdkafka threads); nothing else runs in this process meanwhile."""
     print(f"  {name} ...", file=sys.stderr, flush=True)
-    delivered = [0, 0]  # acknowledged, failed
+    failed = [0]
 
     def on_delivery(err: Any, _msg: Any) -> None:
-        delivered[1 if err else 0] += 1
+        failed[0] += 1
 
-    producer = confluent_kafka.Producer({**producer_conf(bootstrap), "on_delivery": on_delivery})
+    # As the gateway's memory-mode producer of records nobody follows (app/kafka/producer.py):
+    # reports of failures only, the successes counted as produced less failed once flushed.
+    producer = confluent_kafka.Producer(
+        {**producer_conf(bootstrap), "on_delivery": on_delivery, "delivery.report.only.error": True}
+    )
     produce, poll = producer.produce, producer.poll
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -488,10 +492,11 @@ def raw_producer(name: str, bootstrap: str, topic: str, records: list[RawRecord]
                 continue
             i += 1
         poll(0)
-    producer.flush(60)
+    unsettled = producer.flush(60)
     elapsed = time.monotonic() - started
-    cpu_us = per_event_us(cpu_started, time.process_time(), delivered[0])
-    return Row(name, 1, math.nan, delivered[0] / elapsed, errors=delivered[1], cpu_us=cpu_us)
+    delivered = i - failed[0] - unsettled
+    cpu_us = per_event_us(cpu_started, time.process_time(), delivered)
+    return Row(name, 1, math.nan, delivered / elapsed, errors=failed[0] + unsettled, cpu_us=cpu_us)
 
 
 def gateway_records(events: list[dict[str, Any]]) -> list[RawRecord]:
@@ -1088,7 +1093,7 @@ def gateway_rows(
                 assert bare is not None
                 rows[key] = open_loop_row(
                     "bare ASGI on hypercorn-trio, open loop at the same rate", bare.ports["bare"], "/",
-                    bodies["single"], rows["single"].rps / 2, seconds, bare.sampler.pid,
+                    bodies["single"], rows["single"].rps / 2, seconds, connection_count(STEPS["single"]), bare.sampler.pid,
                 )
                 continue
             for server in disk_servers if key in DISK_ROWS else tls_servers if key in TLS_ROWS else servers:
@@ -1097,7 +1102,7 @@ def gateway_rows(
                     spec = STEPS[closed]
                     row = open_loop_row(
                         server.row_name(name), server.ports[spec.listener], spec.path, bodies[spec.body],
-                        rows[closed].rps / 2, seconds, server.sampler.pid,
+                        rows[closed].rps / 2, seconds, connection_count(spec), server.sampler.pid,
                     )
                 else:
                     row = step(server, key)
@@ -1142,23 +1147,30 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def connection_count(spec: Step) -> int:
+    """How many connections ``hey`` keeps in a closed-loop step (its ``-c``)."""
+    return int(spec.connections[spec.connections.index("-c") + 1])
+
+
 def open_loop_row(
-    name: str, port: int, path: str, body: bytes, rate: float, seconds: float, pid: int | None = None
+    name: str, port: int, path: str, body: bytes, rate: float, seconds: float, connections: int,
+    pid: int | None = None,
 ) -> Row:
     """Requests on a fixed schedule (scripts/httpload.py), latency from the scheduled time: a slow
-    answer cannot hide the ones it delays (no coordinated omission). Measured OPEN_LOOP_RUNS times;
-    the row is the run with the median p99 (and that run's CPU per event of the process tree of
-    ``pid``), and its note gives every run's p99."""
+    answer cannot hide the ones it delays (no coordinated omission). They take turns on as many
+    keep-alive connections as the closed-loop row that set the rate kept, as that many clients
+    would. Measured OPEN_LOOP_RUNS times; the row is the run with the median p99 (and that run's
+    CPU per event of the process tree of ``pid``), and its note gives every run's p99."""
     print(f"  {name} ...", file=sys.stderr, flush=True)
     request = request_bytes(f"127.0.0.1:{port}", path, body)
     # The closed-loop step before leaves work behind (the outbox relay publishing its backlog, the
     # kernel writing dirty pages back): let the machine settle, and warm the schedule up, first.
     settle()
-    trio.run(open_loop, "127.0.0.1", port, request, rate, WARM_UP)
+    trio.run(open_loop, "127.0.0.1", port, request, rate, WARM_UP, connections)
     runs = []
     for _ in range(OPEN_LOOP_RUNS):
         cpu_before = tree_cpu_seconds(pid) if pid else math.nan
-        answers = trio.run(open_loop, "127.0.0.1", port, request, rate, seconds)
+        answers = trio.run(open_loop, "127.0.0.1", port, request, rate, seconds, connections)
         cpu_after = tree_cpu_seconds(pid) if pid else math.nan
         accepted = sorted(answer.latency for answer in answers if answer.status == 202)
         p99 = accepted[min(len(accepted) - 1, int(len(accepted) * 0.99))] * 1000 if accepted else math.nan
@@ -1167,7 +1179,7 @@ def open_loop_row(
             cpu_us=per_event_us(cpu_before, cpu_after, len(accepted)),
         ))
     row = median_p99(runs)
-    row.note = f"{rate:,.0f} requests/s offered; p99 of the runs: " + ", ".join(f"{run.p99:.1f}" for run in runs) + " ms"
+    row.note = f"{rate:,.0f} requests/s offered on {connections} connections; p99 of the runs: " + ", ".join(f"{run.p99:.1f}" for run in runs) + " ms"
     return row
 
 

@@ -9,6 +9,8 @@ from the scheduled time.
 
 from __future__ import annotations
 
+import collections
+
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -102,12 +104,18 @@ class Pool:
         self.host = host
         self.port = port
         self.max_idle = max_idle
-        self._idle: list[tuple[Connection, float]] = []  # with the time each went idle
+        # With the time each went idle; taken oldest first, so requests take turns on every connection.
+        self._idle: collections.deque[tuple[Connection, float]] = collections.deque()
+
+    async def open(self, count: int) -> None:
+        """Open ``count`` connections ahead of the first request, as clients that keep them do."""
+        for _ in range(count):
+            self._idle.append((Connection(await trio.open_tcp_stream(self.host, self.port)), trio.current_time()))
 
     async def _take(self) -> Connection:
         now = trio.current_time()
         while self._idle:
-            connection, since = self._idle.pop()
+            connection, since = self._idle.popleft()
             # Readable while idle: the server closed it (or sent what no request asked for).
             if now - since < self.max_idle and not connection.stream.socket.is_readable():
                 return connection
@@ -133,10 +141,14 @@ class Pool:
             await self._idle.pop()[0].stream.aclose()
 
 
-async def open_loop(host: str, port: int, request: bytes, rate: float, seconds: float) -> list[Answer]:
-    """Send ``request`` ``rate`` times a second for ``seconds``; one answer per request (status 0: failed)."""
+async def open_loop(
+    host: str, port: int, request: bytes, rate: float, seconds: float, connections: int = 1
+) -> list[Answer]:
+    """Send ``request`` ``rate`` times a second for ``seconds``, taking turns on ``connections``
+    keep-alive connections opened first (more when all are busy); one answer per request (status 0: failed)."""
     answers: list[Answer] = []
     pool = Pool(host, port)
+    await pool.open(connections)
 
     async def one(scheduled: float, start: float) -> None:
         try:

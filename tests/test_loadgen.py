@@ -21,7 +21,7 @@ import trio
 
 from app.runtime import Runtime
 from scripts import loadgen
-from scripts.httpload import Pool, request_bytes, send_times
+from scripts.httpload import Pool, open_loop, request_bytes, send_times
 from tests.conftest import Infra
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,6 +208,26 @@ async def test_the_pool_does_not_reuse_a_connection_the_server_may_be_closing(nu
     assert (await closed.exchange(request)).status == 202, "closed by the server: a new one"
     assert opened == 4
     await closed.aclose()
+
+
+async def test_an_open_loop_takes_turns_on_the_connections_it_opened_first(nursery: trio.Nursery) -> None:
+    served: dict[int, int] = {}  # requests per connection, by the order it was accepted in
+
+    async def handle(stream: trio.SocketStream) -> None:
+        number = len(served)
+        served[number] = 0
+        while request := await stream.receive_some(65536):
+            assert request.startswith(b"POST")
+            served[number] += 1
+            await stream.send_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port = int(listeners[0].socket.getsockname()[1])
+    request = request_bytes(f"127.0.0.1:{port}", "/", b"{}")
+    answers = await open_loop("127.0.0.1", port, request, rate=60.0, seconds=0.5, connections=6)
+    assert [answer.status for answer in answers] == [202] * 30
+    await trio.sleep(0.1)
+    assert served == dict.fromkeys(range(6), 5), "one request in turn on each of the six"
 
 
 # -- whole runs against the gateway, read back from Kafka --------------------------------
