@@ -72,6 +72,7 @@ class LagProcess:
         self._buffer = bytearray()
         self._encode = msgspec.json.Encoder()
         self._decode = msgspec.json.Decoder(_Answer)
+        self._started = False
         self.restarts = 0  # children started after the first one ended
 
     @property
@@ -95,7 +96,7 @@ class LagProcess:
 
     async def _round(self) -> _Answer:
         process = self._process
-        if process is None or process.returncode is not None:
+        if process is None:
             process = await self._start()
         assert process.stdin is not None and process.stdout is not None
         try:
@@ -104,7 +105,7 @@ class LagProcess:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             line = None
         if line is None:
-            raise KafkaUnavailable(f"the lag reader process ended ({await self._ended(process)}); the next round starts another")
+            raise KafkaUnavailable(f"the lag reader process ended ({await self._ended()}); the next round starts another")
         try:
             return self._decode.decode(line)
         except msgspec.DecodeError as error:
@@ -112,8 +113,9 @@ class LagProcess:
             raise KafkaUnavailable(f"the lag reader process answered garbage ({error}); it was stopped") from None
 
     async def _start(self) -> trio.Process:
-        if self._process is not None:
+        if self._started:
             self.restarts += 1
+        self._started = True
         self._buffer.clear()
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "app.kafka.lag_process"],
@@ -124,7 +126,10 @@ class LagProcess:
         )
         self._process = process
         assert process.stdin is not None
-        await process.stdin.send_all(self._encode.encode(self.spec) + b"\n")
+        try:
+            await process.stdin.send_all(self._encode.encode(self.spec) + b"\n")
+        except trio.BrokenResourceError:
+            pass  # dead already: the round's request fails the same way, and says how it ended
         log.debug("lag reader process started (pid %d)", process.pid)
         return process
 
@@ -141,25 +146,33 @@ class LagProcess:
         del self._buffer[: end + 1]
         return line
 
-    @staticmethod
-    async def _ended(process: trio.Process) -> str:
-        with trio.move_on_after(CLOSE_SECONDS):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-            return "stopped answering"
+    async def _ended(self) -> str:
+        """Close the child that stopped answering (its output ended); how it ended."""
+        process, self._process = self._process, None
+        assert process is not None
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_SECONDS):
+                await process.wait()
+            stuck = process.returncode is None
+            if stuck:
+                process.kill()
+            await _close(process)
         code = process.returncode
+        if stuck or code is None:
+            return "stopped answering"
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit {code}"
 
     async def _end(self, why: str) -> None:
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            log.warning("stopping the lag reader process (pid %d): %s", process.pid, why)
-            process.kill()
-            await process.wait()
+        if process is None:
+            return
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                log.warning("stopping the lag reader process (pid %d): %s", process.pid, why)
+                process.kill()
+            await _close(process)
 
     def _log(self, answer: _Answer) -> None:
         for level, name, message in answer.logs:
@@ -170,19 +183,28 @@ class LagProcess:
     async def aclose(self) -> None:
         """Close the child: its stdin first, so it closes its clients; killed after CLOSE_SECONDS."""
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
+        if process is None:
             return
         assert process.stdin is not None
         with trio.CancelScope(shield=True):
-            try:
-                await process.stdin.aclose()
-            except trio.BrokenResourceError:
-                pass
-            with trio.move_on_after(CLOSE_SECONDS):
-                await process.wait()
             if process.returncode is None:
-                process.kill()
-                await process.wait()
+                try:
+                    await process.stdin.aclose()
+                except trio.BrokenResourceError:
+                    pass
+                with trio.move_on_after(CLOSE_SECONDS):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+            await _close(process)
+
+
+async def _close(process: trio.Process) -> None:
+    """Close the pipes to a child and wait for it: none is left to the garbage collector."""
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            await stream.aclose()
+    await process.wait()
 
 
 def lag_process(settings: Settings) -> LagProcess:

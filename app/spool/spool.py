@@ -311,7 +311,7 @@ class Spool:
                 503, "spool full", f"the {self.name} spool holds {self.bytes} bytes of its {self._max_bytes}; retry later",
                 headers={"Retry-After": self._retry_after},
             )
-        if self._free_space() - size < self._min_free:
+        if self._min_free and self._free_space() - size < self._min_free:  # 0: no floor, a full disk fails the write
             self._metrics.rejected.labels(self.name, "disk full").inc(len(records))
             raise Refusal(
                 503, "spool full", f"the {self.name} spool's file system is below its free-space floor; retry later",
