@@ -177,6 +177,10 @@ async def kafka_away(kafka: PrivateKafka, gateway: GatewayProcess) -> AsyncItera
         await start(gateway)
         async with httpx.AsyncClient(base_url=gateway.url("application"), timeout=10) as client:
             yield client
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await gateway.close()  # a failed test leaves no gateway running behind it
+        raise
     finally:
         await trio.to_thread.run_sync(kafka.up)
 
