@@ -8,9 +8,9 @@ single events at 64 connections, batches at 16. Events are log JSON of about 100
 1. ceilings: a raw confluent-kafka produce loop with the application profile's librdkafka
    configuration producing the very records the gateway writes for the events (value with event
    id and times, key, the event-id/traceparent/x-request-id headers; reports of failures only,
-   as the gateway's producer of records nobody follows; events acknowledged per second), the same loop with the events' JSON alone and no headers for reference, and a bare
-   ASGI callable on hypercorn-trio that parses the body with msgspec and answers 202 (requests
-   per second);
+   as the gateway's producer of records nobody follows; events acknowledged per second), the
+   same loop with the events' JSON alone and no headers for reference, and a bare ASGI callable
+   on hypercorn-trio that parses the body with msgspec and answers 202 (requests per second);
 2. the gateway, ``python -m app`` as its own process: single events on 8081 and through 8080,
    log batches of 100 and 500, transaction and metrics batches of 100, and ``--workers 2``; beside
    the batch of 500, the same events (or 500 samples) in the wire formats of its dialects: OTLP

@@ -10,7 +10,6 @@ from the scheduled time.
 from __future__ import annotations
 
 import collections
-
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 

@@ -85,7 +85,7 @@ class LagProcess:
         with trio.move_on_after(self.spec.timeout + self._spare) as scope:
             answer = await self._round()
         if scope.cancelled_caught:
-            await self._end("no answer within LAG_TIMEOUT")
+            await self._close(grace=0.0, why="no answer within LAG_TIMEOUT")
             raise KafkaUnavailable("the lag reader process did not answer within LAG_TIMEOUT; it was stopped")
         self._log(answer)
         if answer.config_error is not None:
@@ -105,11 +105,12 @@ class LagProcess:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             line = None
         if line is None:
-            raise KafkaUnavailable(f"the lag reader process ended ({await self._ended()}); the next round starts another")
+            ended = await self._close(grace=CLOSE_SECONDS)
+            raise KafkaUnavailable(f"the lag reader process ended ({ended}); the next round starts another")
         try:
             return self._decode.decode(line)
         except msgspec.DecodeError as error:
-            await self._end("a garbled answer")
+            await self._close(grace=0.0, why="a garbled answer")
             raise KafkaUnavailable(f"the lag reader process answered garbage ({error}); it was stopped") from None
 
     async def _start(self) -> trio.Process:
@@ -146,33 +147,28 @@ class LagProcess:
         del self._buffer[: end + 1]
         return line
 
-    async def _ended(self) -> str:
-        """Close the child that stopped answering (its output ended); how it ended."""
+    async def _close(self, *, grace: float, why: str = "") -> str:
+        """Close the child, if there is one: its stdin first, so it can close its clients; killed
+        (``why`` logged) when it has not ended within ``grace``; its pipes closed, and waited for.
+        How it ended."""
         process, self._process = self._process, None
-        assert process is not None
+        if process is None:
+            return "not running"
+        assert process.stdin is not None and process.stdout is not None
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(CLOSE_SECONDS):
+            await process.stdin.aclose()
+            with trio.move_on_after(grace):
                 await process.wait()
             stuck = process.returncode is None
             if stuck:
+                if why:
+                    log.warning("stopping the lag reader process (pid %d): %s", process.pid, why)
                 process.kill()
-            await _close(process)
-        code = process.returncode
-        if stuck or code is None:
+            await process.stdout.aclose()
+            code = await process.wait()
+        if stuck:
             return "stopped answering"
-        if code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exit {code}"
-
-    async def _end(self, why: str) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                log.warning("stopping the lag reader process (pid %d): %s", process.pid, why)
-                process.kill()
-            await _close(process)
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
 
     def _log(self, answer: _Answer) -> None:
         for level, name, message in answer.logs:
@@ -181,30 +177,8 @@ class LagProcess:
             log.warning("the lag reader process dropped %d log records", answer.logs_dropped)
 
     async def aclose(self) -> None:
-        """Close the child: its stdin first, so it closes its clients; killed after CLOSE_SECONDS."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                try:
-                    await process.stdin.aclose()
-                except trio.BrokenResourceError:
-                    pass
-                with trio.move_on_after(CLOSE_SECONDS):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-            await _close(process)
-
-
-async def _close(process: trio.Process) -> None:
-    """Close the pipes to a child and wait for it: none is left to the garbage collector."""
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            await stream.aclose()
-    await process.wait()
+        """Close the child: it has CLOSE_SECONDS to close its clients once its stdin is closed."""
+        await self._close(grace=CLOSE_SECONDS)
 
 
 def lag_process(settings: Settings) -> LagProcess:
@@ -249,7 +223,7 @@ class _Records(logging.Handler):
         return taken, dropped
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main() -> int:
     """The child: a LagReader, one round per line on stdin, one JSON answer per round on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway closes it
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

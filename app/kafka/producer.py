@@ -217,26 +217,22 @@ class KafkaProducer:
         index = start
         failures: list[Failure] = []
         while index < len(records):
-            # Runs of records nobody follows go to the counted producer, the others to the reporting one.
-            end = index
-            while end < len(records) and records[end].settlement is None:
+            # A run of records nobody follows goes to the counted producer, a run of followed ones to the reporting one.
+            followed = records[index].settlement is not None
+            end = index + 1
+            while end < len(records) and (records[end].settlement is not None) is followed:
                 end += 1
-            if end > index:
+            if followed:
+                reached, refused = self._produce(self._producer.produce, topic, tally, records, index, end, waited)
+            else:
                 reached, refused = self._produce(counted.producer.produce, topic, counted.tally, records, index, end, waited)
                 counted.produced += reached - index - len(refused)
-                counted.produced_bytes += sum(r.size for r in records[index:reached]) - sum(f.record.size for f in refused)
-                failures += refused
-                if reached < end:
-                    return reached, failures
-                index = end
-            while end < len(records) and records[end].settlement is not None:
-                end += 1
-            if end > index:
-                reached, refused = self._produce(self._producer.produce, topic, tally, records, index, end, waited)
-                failures += refused
-                if reached < end:
-                    return reached, failures
-                index = end
+                counted.produced_bytes += sum(len(r.key) + len(r.value) for r in records[index:reached])
+                counted.produced_bytes -= sum(f.record.size for f in refused)
+            failures += refused
+            if reached < end:
+                return reached, failures
+            index = end
         return len(records), failures
 
     @staticmethod

@@ -477,17 +477,15 @@ class Spool:
     def _gather(self, requests: list[_Append | _Chunk | _SetAside | _Salvage | _Stop]) -> None:
         """Add what is queued to ``requests``; while they hold appends, fewer than GROUP_RECORDS
         records and the oldest was queued less than GROUP_WINDOW ago, wait for more. Blocking."""
-        records, oldest = 0, math.inf
-        for request in requests:
-            if isinstance(request, _Append):
-                records, oldest = records + len(request.records), min(oldest, request.queued)
+        appends = [request for request in requests if isinstance(request, _Append)]
+        records = sum(len(request.records) for request in appends)
+        oldest = appends[0].queued if appends else None  # the queue is in order
+        stopping = any(isinstance(request, _Stop) for request in requests)
         while True:
             try:
                 request = self._requests.get_nowait()
             except Empty:
-                if not records or records >= GROUP_RECORDS or any(isinstance(r, _Stop) for r in requests):
-                    return
-                wait = oldest + GROUP_WINDOW - time.monotonic()
+                wait = 0.0 if oldest is None or stopping or records >= GROUP_RECORDS else oldest + GROUP_WINDOW - time.monotonic()
                 if wait <= 0:
                     return
                 try:
@@ -496,7 +494,9 @@ class Spool:
                     return
             requests.append(request)
             if isinstance(request, _Append):
-                records, oldest = records + len(request.records), min(oldest, request.queued)
+                records += len(request.records)
+                oldest = request.queued if oldest is None else oldest
+            stopping = stopping or isinstance(request, _Stop)
 
     def _transaction(self, appends: list[_Append], deletes: list[_Chunk], *, always: bool) -> list[_Chunk]:
         """Commit ``appends`` and delete ``deletes`` in one transaction (with ``always``, note how
