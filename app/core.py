@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+import msgspec
 import trio
 
 Headers = list[tuple[str, bytes]]
@@ -51,8 +53,6 @@ class Refusal(Exception):
             return self.error
         if isinstance(self.detail, str):
             return f"{self.error}: {self.detail}"
-        import msgspec
-
         return f"{self.error}: {msgspec.json.encode(self.detail).decode()}"
 
 
@@ -122,8 +122,7 @@ class Acknowledgement:
             self.settled.set()
 
 
-@dataclass(slots=True)
-class Record:
+class Record(msgspec.Struct, gc=False):
     """One Kafka record as the gateway hands it to the producer.
 
     A record is its own delivery callback: confluent-kafka's delivery reports carry no headers
@@ -131,6 +130,11 @@ class Record:
     and passing the record itself costs no allocation per produce call (a ``partial`` did). The
     callback adds the report to its topic's :class:`Tally` at once: a report queued for a later
     pass cost as much again as the callback.
+
+    A ``msgspec.Struct`` left out of the cyclic collector (``gc=False``): made and freed in C, for
+    less than the slotted dataclass it was (docs/benchmarks.md, "Building records"). It holds no
+    cycle of its own; the one it joins on failure (its tally's ``failed`` list holds it) is broken
+    when the producer collects the tally.
     """
 
     key: bytes
@@ -140,8 +144,8 @@ class Record:
     settlement: DeliveryObserver | None = None
     # Set by the producer that takes the record: the tally its delivery report goes to, and how
     # long the record waited in the profile's buffer before (added to librdkafka's own latency).
-    tally: Tally | None = field(default=None, repr=False, compare=False)
-    waited: float = field(default=0.0, repr=False, compare=False)
+    tally: Tally | None = None
+    waited: float = 0.0
 
     @property
     def size(self) -> int:
@@ -237,10 +241,11 @@ class NoTracer:
         pass
 
 
+_key: Final = operator.attrgetter("key")
+_value: Final = operator.attrgetter("value")
+
+
 def sized(records: Sequence[Record]) -> int:
-    """The bytes a stream's bound counts for ``records``: keys and values."""
-    size = 0
-    for record in records:
-        size += len(record.key) + len(record.value)
-    return size
+    """The bytes a stream's bound counts for ``records``: keys and values (summed in C)."""
+    return sum(map(len, map(_key, records))) + sum(map(len, map(_value, records)))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import operator
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -34,7 +35,9 @@ from app.outbox.writer import OutboxError, OutboxUnavailable, OutboxWriter
 MAX_IDEMPOTENCY_KEY: Final = 255
 
 _encode: Final = msgspec.json.Encoder().encode
+_encode_lines: Final = msgspec.json.Encoder().encode_lines
 _canonical: Final = msgspec.json.Encoder(order="sorted").encode
+_value: Final = operator.attrgetter("value")
 
 
 def received_at() -> str:
@@ -62,20 +65,19 @@ def log_records(
     """Kafka records for validated log events: key = source, value = the event as JSON.
 
     ``own_headers`` (OTLP) gives an event the trace headers of its own log record instead of the request's.
+    Built column by column: the values in one encoder call, the records in one ``map``.
     """
     now = received_at()
     event_ids = new_uuids(len(logs))
-    records: list[Record] = []
-    append = records.append
-    LogRecord, encode = events.LogRecord, _encode
-    for index, log in enumerate(logs):
-        headers = (own_headers[index] if own_headers is not None else None) or trace_headers
-        event_id = event_ids[index]
-        value = encode(
+    LogRecord = events.LogRecord
+    values = _values(
+        [
             LogRecord(event_id, now, log.source, log.level, log.message, log.timestamp or now, log.attributes, log.traceId)
-        )
-        append(Record(log.source.encode(), value, [("event-id", event_id.encode()), *headers]))
-    return records, event_ids
+            for event_id, log in zip(event_ids, logs)
+        ]
+    )
+    keys = [log.source.encode() for log in logs]
+    return list(map(Record, keys, values, _headers(event_ids, trace_headers, own_headers))), event_ids
 
 
 def metric_records(
@@ -84,30 +86,48 @@ def metric_records(
     """Kafka records for validated samples: key = host, value = the sample as JSON."""
     now = received_at()
     event_ids = new_uuids(len(samples))
-    records: list[Record] = []
-    append = records.append
-    MetricRecord, encode = events.MetricRecord, _encode
-    for sample, event_id in zip(samples, event_ids):
-        value = encode(
-            MetricRecord(
-                event_id, now, sample.host, sample.metric, sample.value, sample.unit, sample.labels, sample.timestamp or now
-            )
-        )
-        append(Record(sample.host.encode(), value, [("event-id", event_id.encode()), *trace_headers]))
-    return records, event_ids
+    MetricRecord = events.MetricRecord
+    values = _values(
+        [
+            MetricRecord(event_id, now, s.host, s.metric, s.value, s.unit, s.labels, s.timestamp or now)
+            for event_id, s in zip(event_ids, samples)
+        ]
+    )
+    keys = [sample.host.encode() for sample in samples]
+    return list(map(Record, keys, values, _headers(event_ids, trace_headers, own_headers))), event_ids
+
+
+def _values(structs: list[Any]) -> list[bytes]:
+    """Each struct as its JSON: one call encodes them all, one line each (JSON text holds no raw
+    newline: msgspec escapes it in strings), split into the values."""
+    values = _encode_lines(structs).split(b"\n")
+    values.pop()  # after the last newline
+    return values
+
+
+def _headers(event_ids: list[str], trace_headers: Headers, own_headers: Sequence[Headers | None] | None) -> list[Headers]:
+    """Each record's headers: its event id, then its own trace headers or else the request's."""
+    if own_headers is None:
+        return [[("event-id", event_id.encode()), *trace_headers] for event_id in event_ids]
+    return [
+        [("event-id", event_id.encode()), *(own or trace_headers)] for event_id, own in zip(event_ids, own_headers)
+    ]
 
 
 RecordBuilder = Callable[[Sequence[Any], Headers, Sequence[Headers | None] | None], tuple[list[Record], list[str]]]
 
 
 def check_event_sizes(records: list[Record], max_event_bytes: int) -> None:
+    """413 naming every event whose value is over the bound (the common case, none, is one pass in C)."""
+    sizes = list(map(len, map(_value, records)))
+    if not sizes or max(sizes) <= max_event_bytes:
+        return
     too_large = [
-        {"index": index, "message": f"the event encodes to {len(r.value)} bytes, the limit is {max_event_bytes}"}
-        for index, r in enumerate(records)
-        if len(r.value) > max_event_bytes
+        {"index": index, "message": f"the event encodes to {size} bytes, the limit is {max_event_bytes}"}
+        for index, size in enumerate(sizes)
+        if size > max_event_bytes
     ]
-    if too_large:
-        raise Refusal(413, "event too large", too_large[: events.MAX_ERRORS_REPORTED])
+    raise Refusal(413, "event too large", too_large[: events.MAX_ERRORS_REPORTED])
 
 
 class Breaker(Protocol):

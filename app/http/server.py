@@ -27,11 +27,16 @@ This is hypercorn's ``worker_serve`` (0.18) for one bind, with four changes:
   wait for the cyclic garbage collector, which ``python -m app`` runs seldom
   (``gc.set_threshold(50_000, ...)``): under TLS clients that open many short connections, tens of
   MB of them piled up between collections. Both references are dropped when the connection ends.
+- The keep-alive timer is one task per connection whose deadline moves (:class:`_KeepAlive`).
+  hypercorn restarts its timer after every response (a new task started in the connection's
+  nursery) and stops it at every request (a cancellation): a task start, a lock and a cancel per
+  request, measured at a few per cent of the process's CPU under load (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -54,21 +59,85 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
+class _KeepAlive:
+    """hypercorn's keep-alive timer (the ``idle_task`` of its ``TCPServer``) as one task per connection.
+
+    While the connection is idle, the task waits for ``keep_alive_timeout`` or the server's shutdown,
+    whichever comes first, and then closes the connection, as hypercorn's ``_idle_timeout`` does;
+    while a request is in flight, it waits with no deadline, and a shutdown closes the connection
+    once it is idle again. :meth:`restart` and :meth:`stop` only move the deadline.
+    """
+
+    def __init__(self, server: _TCPServer) -> None:
+        self._server = server
+        self._idle = False
+        self._scope: trio.CancelScope | None = None  # the running watch's wait
+        self._went_idle: trio.Event | None = None  # only once the shutdown came while busy
+        self._closed = False
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        """The connection is idle from now on (``action``, hypercorn's own timer, is not used)."""
+        self._idle = True
+        if self._went_idle is not None:
+            self._went_idle.set()
+        if self._scope is None:
+            if not self._closed:
+                await task_group._nursery.start(self._watch)
+            return
+        self._scope.deadline = trio.current_time() + self._server.config.keep_alive_timeout
+
+    async def stop(self) -> None:
+        """A request is in flight: no deadline until it is answered."""
+        self._idle = False
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    def close(self) -> None:
+        """Nothing more can be read: the watch ends and starts no more."""
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        terminated = self._server.context.terminated
+        with trio.CancelScope(deadline=trio.current_time() + self._server.config.keep_alive_timeout) as scope:
+            self._scope = scope
+            task_status.started()
+            await terminated.wait()
+            while not self._idle:  # the shutdown came during a request: close once it is answered
+                self._went_idle = trio.Event()
+                await self._went_idle.wait()
+        self._scope = None
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await self._server._initiate_server_close()
+
+
 class _TCPServer(TCPServer):
-    """hypercorn's connection, closed as soon as its client has closed it (see the module's docstring)."""
+    """hypercorn's connection, closed as soon as its client has closed it, with a cheaper keep-alive
+    timer (see the module's docstring)."""
 
     _read_ended = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._keep_alive = _KeepAlive(self)
+        self.idle_task = self._keep_alive  # type: ignore[assignment]
 
     async def run(self) -> None:
         try:
             await super().run()
         finally:
-            vars(self).pop("protocol", None)  # the protocol holds this server's bound methods
+            # The protocol holds this server's bound methods, the keep-alive timer the server.
+            for held in ("protocol", "idle_task", "_keep_alive"):
+                vars(self).pop(held, None)
 
     async def _read_data(self) -> None:
         await super()._read_data()
         self._read_ended = True
-        await self.idle_task.stop()
+        self._keep_alive.close()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated) and self._read_ended:

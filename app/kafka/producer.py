@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any, Protocol
 import confluent_kafka
 
 from app.config import ProfileSettings
-from app.core import DeliveryObserver, Record, Tally
+from app.core import DeliveryObserver, Record, Tally, sized
 from app.kafka.errors import KafkaConfigError, KafkaUnavailable
 
 @dataclass(slots=True)
@@ -65,6 +67,14 @@ class Deliveries:
     @property
     def settled_bytes(self) -> int:
         return self.delivered_bytes + sum(f.record.size for f in self.failures)
+
+
+_settlement = operator.attrgetter("settlement")
+
+
+def _any_followed(records: Sequence[Record]) -> bool:
+    """Whether a record of ``records`` is followed (has a settlement), tested in C."""
+    return any(map(operator.is_not, map(_settlement, records), itertools.repeat(None)))
 
 
 # How often the counted producer's topic sends one submission through the reporting producer,
@@ -214,6 +224,8 @@ class KafkaProducer:
                 counted = None
         if counted is None:
             return self._produce(self._producer.produce, topic, tally, records, start, len(records), waited)
+        if not _any_followed(records[start:] if start else records):
+            return self._produce_counted(counted, topic, records, start, len(records))
         index = start
         failures: list[Failure] = []
         while index < len(records):
@@ -225,15 +237,39 @@ class KafkaProducer:
             if followed:
                 reached, refused = self._produce(self._producer.produce, topic, tally, records, index, end, waited)
             else:
-                reached, refused = self._produce(counted.producer.produce, topic, counted.tally, records, index, end, waited)
-                counted.produced += reached - index - len(refused)
-                counted.produced_bytes += sum(len(r.key) + len(r.value) for r in records[index:reached])
-                counted.produced_bytes -= sum(f.record.size for f in refused)
+                reached, refused = self._produce_counted(counted, topic, records, index, end)
             failures += refused
             if reached < end:
                 return reached, failures
             index = end
         return len(records), failures
+
+    @staticmethod
+    def _produce_counted(
+        counted: _Counted, topic: str, records: Sequence[Record], start: int, end: int
+    ) -> tuple[int, list[Failure]]:
+        """Hand ``records[start:end]``, which nobody follows, to the counted producer.
+
+        Only a failure calls a record back, so it needs its tally, not its wait.
+        """
+        tally, produce = counted.tally, counted.producer.produce
+        failures: list[Failure] = []
+        index = start
+        for index in range(start, end):
+            record = records[index]
+            record.tally = tally
+            try:
+                produce(topic, record.value, record.key, -1, record, None, 0, record.headers)
+            except BufferError:
+                end = index
+                break
+            except confluent_kafka.KafkaException as error:
+                kafka_error = error.args[0]
+                failures.append(Failure(topic, record, kafka_error.name(), kafka_error.str(), kafka_error.fatal()))
+        taken = records[start:end] if start or end < len(records) else records
+        counted.produced += len(taken) - len(failures)
+        counted.produced_bytes += sized(taken) - sum(f.record.size for f in failures)
+        return end, failures
 
     @staticmethod
     def _produce(
