@@ -132,7 +132,7 @@ class Record(msgspec.Struct, gc=False):
     pass cost as much again as the callback.
 
     A ``msgspec.Struct`` left out of the cyclic collector (``gc=False``): made and freed in C, for
-    less than the slotted dataclass it was (docs/benchmarks.md, "Building records"). It holds no
+    less than the slotted dataclass it was (docs/benchmarks.md, "Building records, and the keep-alive timer"). It holds no
     cycle of its own; the one it joins on failure (its tally's ``failed`` list holds it) is broken
     when the producer collects the tally.
     """
@@ -247,5 +247,10 @@ _value: Final = operator.attrgetter("value")
 
 def sized(records: Sequence[Record]) -> int:
     """The bytes a stream's bound counts for ``records``: keys and values (summed in C)."""
-    return sum(map(len, map(_key, records))) + sum(map(len, map(_value, records)))
+    return sum(map(len, map(_key, records))) + sum(value_lengths(records))
+
+
+def value_lengths(records: Sequence[Record]) -> list[int]:
+    """The length of each record's value (measured in C)."""
+    return list(map(len, map(_value, records)))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-import operator
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -22,7 +21,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from app import events
-from app.core import Acknowledgement, Headers, Outcome, Record, Refusal, Sink, Span, sized
+from app.core import Acknowledgement, Headers, Outcome, Record, Refusal, Sink, Span, sized, value_lengths
 from app.config import Settings
 from app.db.database import DatabaseUnavailable
 from app.db.outbox import Accepted as Committed
@@ -37,7 +36,6 @@ MAX_IDEMPOTENCY_KEY: Final = 255
 _encode: Final = msgspec.json.Encoder().encode
 _encode_lines: Final = msgspec.json.Encoder().encode_lines
 _canonical: Final = msgspec.json.Encoder(order="sorted").encode
-_value: Final = operator.attrgetter("value")
 
 
 def received_at() -> str:
@@ -119,7 +117,7 @@ RecordBuilder = Callable[[Sequence[Any], Headers, Sequence[Headers | None] | Non
 
 def check_event_sizes(records: list[Record], max_event_bytes: int) -> None:
     """413 naming every event whose value is over the bound (the common case, none, is one pass in C)."""
-    sizes = list(map(len, map(_value, records)))
+    sizes = value_lengths(records)
     if not sizes or max(sizes) <= max_event_bytes:
         return
     too_large = [

@@ -244,32 +244,15 @@ class KafkaProducer:
             index = end
         return len(records), failures
 
-    @staticmethod
     def _produce_counted(
-        counted: _Counted, topic: str, records: Sequence[Record], start: int, end: int
+        self, counted: _Counted, topic: str, records: Sequence[Record], start: int, end: int
     ) -> tuple[int, list[Failure]]:
-        """Hand ``records[start:end]``, which nobody follows, to the counted producer.
-
-        Only a failure calls a record back, so it needs its tally, not its wait.
-        """
-        tally, produce = counted.tally, counted.producer.produce
-        failures: list[Failure] = []
-        index = start
-        for index in range(start, end):
-            record = records[index]
-            record.tally = tally
-            try:
-                produce(topic, record.value, record.key, -1, record, None, 0, record.headers)
-            except BufferError:
-                end = index
-                break
-            except confluent_kafka.KafkaException as error:
-                kafka_error = error.args[0]
-                failures.append(Failure(topic, record, kafka_error.name(), kafka_error.str(), kafka_error.fatal()))
-        taken = records[start:end] if start or end < len(records) else records
+        """Hand ``records[start:end]``, which nobody follows, to the counted producer, and count them."""
+        reached, failures = self._produce(counted.producer.produce, topic, counted.tally, records, start, end, 0.0)
+        taken = records[start:reached] if start or reached < len(records) else records
         counted.produced += len(taken) - len(failures)
         counted.produced_bytes += sized(taken) - sum(f.record.size for f in failures)
-        return end, failures
+        return reached, failures
 
     @staticmethod
     def _produce(
