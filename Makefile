@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Processes for the tests that may share the machine (make test TEST_WORKERS=1 runs them one at a time).
+TEST_WORKERS ?= 2
 INFRA := $(PYTHON) scripts/infra.py
 # The protobuf modules the remote_write and Loki dialects import: compiled by scripts/protos.py from the
 # upstream .proto files ops/proto/upstream.toml pins (downloaded once into .local/protos/), never committed.
@@ -15,9 +17,11 @@ PROTOS := app/proto/prometheus/remote_pb2.py app/proto/prometheus/types_pb2.py a
 run: deps venv
 	@scripts/run.sh
 
-## test: set up, then type-check, check the layers and run every test (the tests start the local Kafka and PostgreSQL)
+## test: set up, then type-check, check the layers and run every test (the tests start the local Kafka and PostgreSQL):
+##   those that stop brokers or time the gateway under load (marked fault) one at a time, the others on TEST_WORKERS processes
 test: deps venv typecheck layers
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not fault"
+	$(PY) -m pytest -m fault
 
 ## fuzz: schemathesis drives every listener by its OpenAPI document
 fuzz: deps venv

@@ -9,6 +9,7 @@ test starts gets topics of its own, so tests can run side by side on one broker.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import subprocess
 import sys
@@ -46,13 +47,17 @@ def infra() -> Iterator[Infra]:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     database = os.environ.get("DATABASE_URL")
     if not (bootstrap and database):
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"],
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=600,
-        )
+        # Parallel workers (pytest -n) each start a session: one at a time runs `up`, the others find it done.
+        (ROOT / ".local").mkdir(exist_ok=True)
+        with open(ROOT / ".local" / "infra-up.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            result = subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "infra.py"), "up"],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=600,
+            )
         served = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         bootstrap = bootstrap or served["KAFKA_BOOTSTRAP_SERVERS"]
         database = database or served["DATABASE_URL"]
