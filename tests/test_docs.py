@@ -40,6 +40,7 @@ NOT_SETTINGS = frozenset(
     {
         "INFRA_DIR", "KAFKA_PORT_BASE", "PG_PORT", "PROMETHEUS_PORT", "KAFKA_SECURE", "KAFKA_HOME",
         "KILL_SEED", "SPOOL_TEST_SEED", "SSL_CERT_FILE", "SO_REUSEPORT", "TOTAL_TIME", "OTEL_",
+        "TEST_WORKERS",
     }
 )
 # Lower-case names that begin like a metric and are not: the producer's librdkafka configuration
